@@ -1,0 +1,302 @@
+//! Email and phone values as the service stores and matches them.
+//!
+//! Parsing happens once, at the edge; everything past it holds an [`Email`] or a
+//! [`Phone`] that is already normalised, so two spellings of one value can never
+//! reach the database as different strings.
+
+use std::fmt;
+
+/// Longest accepted email, the limit of a forward path in RFC 5321.
+const EMAIL_MAX_CHARS: usize = 254;
+/// Longest accepted phone number, counting digits only.
+const PHONE_MAX_DIGITS: usize = 20;
+
+/// The request field an input error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Email,
+    PhoneNumber,
+    /// The request as a whole (for example: neither field given).
+    Body,
+}
+
+impl Field {
+    /// The field's name as clients spell it in JSON and GraphQL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Field::Email => "email",
+            Field::PhoneNumber => "phoneNumber",
+            Field::Body => "body",
+        }
+    }
+}
+
+/// Why an input was refused; the message is safe to show to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InputError {
+    pub field: Field,
+    pub message: String,
+}
+
+impl InputError {
+    pub fn new(field: Field, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// A normalised email address: trimmed and lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Email(String);
+
+impl Email {
+    /// Parses an email; `Ok(None)` when it is blank, which counts as absent.
+    pub fn parse(raw: &str) -> Result<Option<Self>, InputError> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        let invalid = |why: &str| Err(InputError::new(Field::Email, format!("email {why}")));
+        let email = trimmed.to_lowercase();
+        if email.chars().count() > EMAIL_MAX_CHARS {
+            return invalid(&format!("must be at most {EMAIL_MAX_CHARS} characters"));
+        }
+        if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return invalid("must not contain whitespace or control characters");
+        }
+        let Some((local, domain)) = email.split_once('@') else {
+            return invalid("must contain an '@'");
+        };
+        if domain.contains('@') {
+            return invalid("must contain exactly one '@'");
+        }
+        if local.is_empty() {
+            return invalid("must have a non-empty part before the '@'");
+        }
+        if domain.is_empty() {
+            return invalid("must have a non-empty domain after the '@'");
+        }
+        Ok(Some(Self(email)))
+    }
+
+    /// Wraps a value read back from the database, where it was stored normalised.
+    pub fn from_stored(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A normalised phone number: an optional leading `+` and 1 to 20 digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Phone(String);
+
+impl Phone {
+    /// Parses a phone number given as text; `Ok(None)` when it is blank.
+    ///
+    /// Separators people type (spaces, dashes, dots, parentheses) are dropped, so
+    /// `"(555) 010-999"` and `"555010999"` are the same phone.
+    pub fn parse(raw: &str) -> Result<Option<Self>, InputError> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        let (plus, rest) = match trimmed.strip_prefix('+') {
+            Some(rest) => ("+", rest),
+            None => ("", trimmed),
+        };
+        let mut digits = String::with_capacity(rest.len());
+        for c in rest.chars() {
+            match c {
+                '0'..='9' => digits.push(c),
+                ' ' | '-' | '.' | '(' | ')' => {}
+                _ => {
+                    return Err(InputError::new(
+                        Field::PhoneNumber,
+                        "phoneNumber may contain only digits, an optional leading '+', \
+                         spaces, dashes, dots and parentheses",
+                    ));
+                }
+            }
+        }
+        if digits.is_empty() {
+            return Err(InputError::new(
+                Field::PhoneNumber,
+                "phoneNumber must contain at least one digit",
+            ));
+        }
+        if digits.len() > PHONE_MAX_DIGITS {
+            return Err(InputError::new(
+                Field::PhoneNumber,
+                format!("phoneNumber must have at most {PHONE_MAX_DIGITS} digits"),
+            ));
+        }
+        Ok(Some(Self(format!("{plus}{digits}"))))
+    }
+
+    /// Parses a phone number given as a JSON integer, the way the seed's clients send it.
+    pub fn from_integer(value: u64) -> Self {
+        // u64 has at most 20 digits, so every value is a valid phone.
+        Self(value.to_string())
+    }
+
+    /// Wraps a value read back from the database, where it was stored normalised.
+    pub fn from_stored(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Phone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What one identify call asks about: at least one of the two values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentifyRequest {
+    email: Option<Email>,
+    phone: Option<Phone>,
+}
+
+impl IdentifyRequest {
+    /// Refuses a request that carries neither value.
+    pub fn new(email: Option<Email>, phone: Option<Phone>) -> Result<Self, InputError> {
+        if email.is_none() && phone.is_none() {
+            return Err(InputError::new(
+                Field::Body,
+                "provide an email or a phoneNumber (or both); neither was given",
+            ));
+        }
+        Ok(Self { email, phone })
+    }
+
+    /// Parses both raw text values and combines them.
+    pub fn parse(email: Option<&str>, phone: Option<&str>) -> Result<Self, InputError> {
+        let email = email.map(Email::parse).transpose()?.flatten();
+        let phone = phone.map(Phone::parse).transpose()?.flatten();
+        Self::new(email, phone)
+    }
+
+    pub fn email(&self) -> Option<&Email> {
+        self.email.as_ref()
+    }
+
+    pub fn phone(&self) -> Option<&Phone> {
+        self.phone.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn email(raw: &str) -> Result<Option<String>, InputError> {
+        Email::parse(raw).map(|e| e.map(|e| e.as_str().to_owned()))
+    }
+
+    fn phone(raw: &str) -> Result<Option<String>, InputError> {
+        Phone::parse(raw).map(|p| p.map(|p| p.as_str().to_owned()))
+    }
+
+    #[test]
+    fn email_is_trimmed_and_lower_cased() {
+        assert_eq!(
+            email("  Lorraine@HillValley.EDU ").unwrap().as_deref(),
+            Some("lorraine@hillvalley.edu")
+        );
+    }
+
+    #[test]
+    fn blank_email_counts_as_absent() {
+        assert_eq!(email("").unwrap(), None);
+        assert_eq!(email("   ").unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_emails_are_refused_naming_the_field() {
+        for raw in [
+            "plainaddress",
+            "@hillvalley.edu",
+            "mcfly@",
+            "a@b@c",
+            "mc fly@hillvalley.edu",
+            "mc\tfly@hillvalley.edu",
+            "nul\0@x.y",
+        ] {
+            let err = email(raw).unwrap_err();
+            assert_eq!(err.field, Field::Email, "{raw:?}");
+            assert!(
+                err.message.starts_with("email "),
+                "{raw:?}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn email_length_limit_is_254_characters() {
+        let ok = format!("{}@x.io", "a".repeat(249));
+        assert_eq!(ok.len(), 254);
+        assert!(email(&ok).unwrap().is_some());
+        let too_long = format!("{}@x.io", "a".repeat(250));
+        assert!(email(&too_long).is_err());
+    }
+
+    #[test]
+    fn phone_separators_are_removed_and_plus_kept() {
+        assert_eq!(phone(" 123456 ").unwrap().as_deref(), Some("123456"));
+        assert_eq!(
+            phone("+1 (555) 010-99.9").unwrap().as_deref(),
+            Some("+155501099 9".replace(' ', "").as_str())
+        );
+        assert_eq!(Phone::from_integer(123456).as_str(), "123456");
+    }
+
+    #[test]
+    fn blank_phone_counts_as_absent() {
+        assert_eq!(phone("").unwrap(), None);
+        assert_eq!(phone(" ").unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_phones_are_refused_naming_the_field() {
+        for raw in [
+            "+",
+            "()-",
+            "12a34",
+            "1+2",
+            "++12",
+            "１２３",
+            &"9".repeat(21),
+        ] {
+            let err = phone(raw).unwrap_err();
+            assert_eq!(err.field, Field::PhoneNumber, "{raw:?}");
+            assert!(err.message.starts_with("phoneNumber "), "{raw:?}");
+        }
+        assert!(phone(&"9".repeat(20)).unwrap().is_some());
+        assert!(phone(&format!("+{}", "9".repeat(20))).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_request_needs_at_least_one_value() {
+        let err = IdentifyRequest::parse(Some(" "), None).unwrap_err();
+        assert_eq!(err.field, Field::Body);
+        assert!(IdentifyRequest::parse(None, Some("1")).is_ok());
+    }
+}
