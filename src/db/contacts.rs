@@ -1,0 +1,151 @@
+//! Query functions over the `contacts` table. The reconciliation statements are
+//! hand-written SQL because their locking behaviour is the point of them; the
+//! service decides when each runs, inside its transaction.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Int4, Nullable, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::schema::contacts;
+use crate::domain::{Contact, Email, Phone};
+
+/// A contact row as read back from the database.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = contacts, check_for_backend(diesel::pg::Pg))]
+pub struct ContactRecord {
+    pub id: i32,
+    pub phone_number: Option<String>,
+    pub email: Option<String>,
+    pub linked_id: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<ContactRecord> for Contact {
+    fn from(record: ContactRecord) -> Self {
+        Contact {
+            id: record.id,
+            email: record.email.map(Email::from_stored),
+            phone: record.phone_number.map(Phone::from_stored),
+            linked_id: record.linked_id,
+            created_at: record.created_at,
+        }
+    }
+}
+
+/// Takes transaction-scoped advisory locks on the request's normalised values.
+///
+/// Every row holding a value is inserted by a transaction that holds this value's
+/// lock, so two requests sharing a value run one after the other, across every
+/// server process on the database. Locks are taken in key order so that two
+/// requests with the same two values cannot deadlock. The keys are hashed by
+/// PostgreSQL, not by us, so every server build agrees on them.
+pub async fn lock_values(
+    conn: &mut AsyncPgConnection,
+    email: Option<&Email>,
+    phone: Option<&Phone>,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "SELECT pg_advisory_xact_lock(least(e, p)), pg_advisory_xact_lock(greatest(e, p)) \
+         FROM (SELECT hashtextextended('email:' || $1, 0) AS e, \
+                      hashtextextended('phone:' || $2, 0) AS p) AS keys",
+    )
+    .bind::<Nullable<Text>, _>(email.map(Email::as_str))
+    .bind::<Nullable<Text>, _>(phone.map(Phone::as_str))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Locks (`FOR UPDATE`, in id order) the primaries of every identity holding the
+/// email or the phone, and returns their current versions.
+///
+/// The matching runs on this statement's snapshot but the rows come back as they are
+/// once locked: a primary that a concurrent merge demoted comes back with a
+/// `linked_id`, which tells the caller to start over.
+pub async fn lock_matched_primaries(
+    conn: &mut AsyncPgConnection,
+    email: Option<&Email>,
+    phone: Option<&Phone>,
+) -> QueryResult<Vec<ContactRecord>> {
+    diesel::sql_query(
+        "SELECT id, phone_number, email, linked_id, created_at, updated_at \
+         FROM contacts \
+         WHERE deleted_at IS NULL AND id IN ( \
+             SELECT coalesce(linked_id, id) FROM contacts \
+             WHERE deleted_at IS NULL AND (email = $1 OR phone_number = $2)) \
+         ORDER BY id \
+         FOR UPDATE",
+    )
+    .bind::<Nullable<Text>, _>(email.map(Email::as_str))
+    .bind::<Nullable<Text>, _>(phone.map(Phone::as_str))
+    .load(conn)
+    .await
+}
+
+/// Every live contact of the identities headed by `primary_ids`, in contact order.
+pub async fn load_members(
+    conn: &mut AsyncPgConnection,
+    primary_ids: &[i32],
+) -> QueryResult<Vec<ContactRecord>> {
+    diesel::sql_query(
+        "SELECT id, phone_number, email, linked_id, created_at, updated_at \
+         FROM contacts \
+         WHERE deleted_at IS NULL AND (id = ANY($1) OR linked_id = ANY($1)) \
+         ORDER BY created_at, id",
+    )
+    .bind::<Array<Int4>, _>(primary_ids)
+    .load(conn)
+    .await
+}
+
+/// Inserts a contact: a primary when `linked_id` is `None`, else a secondary of it.
+///
+/// `created_at` is the clock at insert time, not the transaction's start (`now()`):
+/// a transaction that waited for a lock must not stamp its row older than rows
+/// committed while it waited, or "the primary is the oldest contact" would break.
+pub async fn insert_contact(
+    conn: &mut AsyncPgConnection,
+    email: Option<&Email>,
+    phone: Option<&Phone>,
+    linked_id: Option<i32>,
+) -> QueryResult<ContactRecord> {
+    let precedence = if linked_id.is_some() {
+        "secondary"
+    } else {
+        "primary"
+    };
+    diesel::sql_query(
+        "INSERT INTO contacts \
+             (email, phone_number, linked_id, link_precedence, created_at, updated_at) \
+         SELECT $1, $2, $3, $4::link_precedence, clock.now, clock.now \
+         FROM (SELECT clock_timestamp() AS now) AS clock \
+         RETURNING id, phone_number, email, linked_id, created_at, updated_at",
+    )
+    .bind::<Nullable<Text>, _>(email.map(Email::as_str))
+    .bind::<Nullable<Text>, _>(phone.map(Phone::as_str))
+    .bind::<Nullable<Int4>, _>(linked_id)
+    .bind::<Text, _>(precedence)
+    .get_result(conn)
+    .await
+}
+
+/// Turns the `demoted` primaries into secondaries of `primary_id` and moves their
+/// secondaries (soft-deleted ones included, so no link is ever two levels deep)
+/// to `primary_id`. Returns the number of rows changed.
+pub async fn merge_into(
+    conn: &mut AsyncPgConnection,
+    primary_id: i32,
+    demoted: &[i32],
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE contacts \
+         SET linked_id = $1, link_precedence = 'secondary', updated_at = clock_timestamp() \
+         WHERE id = ANY($2) OR linked_id = ANY($2)",
+    )
+    .bind::<Int4, _>(primary_id)
+    .bind::<Array<Int4>, _>(demoted)
+    .execute(conn)
+    .await
+}

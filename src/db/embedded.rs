@@ -1,0 +1,365 @@
+//! A private PostgreSQL server run from the locally installed server binaries, for
+//! the zero-setup run mode and for the test suite.
+//!
+//! PostgreSQL refuses to run as root, so as root the server runs as the `postgres`
+//! user (or `nobody`) through `setpriv`. `setpriv --pdeathsig` also ties the server
+//! to the thread that started it: if that process dies, even by SIGKILL, PostgreSQL
+//! gets SIGINT and shuts down instead of lingering.
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The superuser `initdb` creates; the server only listens on loopback.
+const SUPERUSER: &str = "postgres";
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error(
+        "no PostgreSQL server binaries found (looked for initdb and postgres in {searched}). \
+         Install PostgreSQL (Debian/Ubuntu: `apt-get install postgresql`), point PG_BIN_DIR \
+         at its bin directory, or set DATABASE_URL to an existing database"
+    )]
+    BinariesNotFound { searched: String },
+    #[error(
+        "running as root, and there is no unprivileged `postgres` or `nobody` user to run \
+         PostgreSQL as (it refuses to run as root); create one or set DATABASE_URL"
+    )]
+    NoUnprivilegedUser,
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("initdb failed: {0}")]
+    Initdb(String),
+    #[error("PostgreSQL did not start: {0}")]
+    Start(String),
+}
+
+fn io_context(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EmbeddedError {
+    let context = context.into();
+    move |source| EmbeddedError::Io { context, source }
+}
+
+/// Where the server keeps its files and how careful it is with them.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    pub data_dir: PathBuf,
+    /// Where the server's own log goes.
+    pub log_file: PathBuf,
+    /// `false` turns off fsync and friends: for throwaway test clusters only.
+    pub durable: bool,
+    /// A bin directory to use instead of searching for one.
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// A running private PostgreSQL server; stopped (fast shutdown) on drop.
+#[derive(Debug)]
+pub struct EmbeddedPostgres {
+    child: Option<Child>,
+    port: u16,
+    data_dir: PathBuf,
+}
+
+/// The unprivileged account to run PostgreSQL as, when we are root.
+#[derive(Debug, Clone, Copy)]
+struct RunAs {
+    uid: u32,
+    gid: u32,
+}
+
+impl EmbeddedPostgres {
+    /// Initialises `data_dir` if it holds no cluster yet, then starts the server on a
+    /// free loopback port and waits until it accepts connections.
+    pub fn start(options: &EmbeddedOptions) -> Result<Self, EmbeddedError> {
+        let bin_dir = match &options.bin_dir {
+            Some(dir) => dir.clone(),
+            None => find_bin_dir()?,
+        };
+        let run_as = if effective_uid_is_root() {
+            Some(unprivileged_user().ok_or(EmbeddedError::NoUnprivilegedUser)?)
+        } else {
+            None
+        };
+        if !options.data_dir.join("PG_VERSION").exists() {
+            initdb(&bin_dir, &options.data_dir, run_as, options.durable)?;
+        }
+
+        let mut last_error = String::new();
+        // A free port can be taken between our probe and the server's bind; try again.
+        for _ in 0..3 {
+            let port = free_port().map_err(io_context("could not find a free port"))?;
+            let log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&options.log_file)
+                .map_err(io_context(format!(
+                    "could not open {}",
+                    options.log_file.display()
+                )))?;
+            let log_for_stderr = log
+                .try_clone()
+                .map_err(io_context("could not clone log handle"))?;
+            let mut command = privileged_command(run_as, &bin_dir.join("postgres"), true);
+            command
+                .arg("-D")
+                .arg(&options.data_dir)
+                .args(["-p", &port.to_string()])
+                .args(["-c", "listen_addresses=127.0.0.1"])
+                .args(["-c", "unix_socket_directories="])
+                .args(["-c", "max_connections=300"]);
+            if !options.durable {
+                for setting in [
+                    "fsync=off",
+                    "synchronous_commit=off",
+                    "full_page_writes=off",
+                ] {
+                    command.args(["-c", setting]);
+                }
+            }
+            let child = command
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log_for_stderr)
+                .spawn()
+                .map_err(io_context("could not start postgres"))?;
+            let mut server = Self {
+                child: Some(child),
+                port,
+                data_dir: options.data_dir.clone(),
+            };
+            match server.wait_until_ready(&bin_dir, &options.log_file) {
+                Ok(()) => return Ok(server),
+                Err(err) => {
+                    last_error = err;
+                    server.stop();
+                    if !last_error.contains("could not bind") && !last_error.contains("in use") {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(EmbeddedError::Start(last_error))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A connection URL for `database` on this server.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    fn wait_until_ready(&mut self, bin_dir: &Path, log_file: &Path) -> Result<(), String> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let child = self.child.as_mut().expect("server is running");
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "postgres exited ({status}); log:\n{}",
+                    log_tail(log_file)
+                ));
+            }
+            let ready = Command::new(bin_dir.join("pg_isready"))
+                .args([
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    SUPERUSER,
+                ])
+                .status()
+                .map(|status| status.success())
+                .unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "not accepting connections after {}s; log:\n{}",
+                    STARTUP_TIMEOUT.as_secs(),
+                    log_tail(log_file)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fast shutdown: open sessions are closed, the data is left consistent.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // `Child::kill` would send SIGKILL; SIGINT is PostgreSQL's fast shutdown.
+        let _ = Command::new("kill")
+            .args(["-s", "INT", &child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for EmbeddedPostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn initdb(
+    bin_dir: &Path,
+    data_dir: &Path,
+    run_as: Option<RunAs>,
+    durable: bool,
+) -> Result<(), EmbeddedError> {
+    fs::create_dir_all(data_dir).map_err(io_context(format!(
+        "could not create {}",
+        data_dir.display()
+    )))?;
+    if let Some(user) = run_as {
+        std::os::unix::fs::chown(data_dir, Some(user.uid), Some(user.gid)).map_err(io_context(
+            format!("could not hand {} to the postgres user", data_dir.display()),
+        ))?;
+    }
+    let mut command = privileged_command(run_as, &bin_dir.join("initdb"), false);
+    command.arg("-D").arg(data_dir).args([
+        "-U",
+        SUPERUSER,
+        "--auth=trust",
+        "--encoding=UTF8",
+        "--no-locale",
+    ]);
+    if !durable {
+        command.arg("--no-sync");
+    }
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_context("could not run initdb"))?;
+    if !output.status.success() {
+        return Err(EmbeddedError::Initdb(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// `program` as a command, run as `run_as` when given; `die_with_parent` makes it
+/// receive SIGINT when the thread that spawned it exits.
+fn privileged_command(run_as: Option<RunAs>, program: &Path, die_with_parent: bool) -> Command {
+    if run_as.is_none() && !die_with_parent {
+        return Command::new(program);
+    }
+    let mut command = Command::new("setpriv");
+    if let Some(user) = run_as {
+        command.args([
+            format!("--reuid={}", user.uid),
+            format!("--regid={}", user.gid),
+            "--clear-groups".to_owned(),
+        ]);
+    }
+    if die_with_parent {
+        command.args(["--pdeathsig", "SIGINT"]);
+    }
+    command.arg("--").arg(program);
+    command
+}
+
+/// Finds a directory holding `initdb` and `postgres`: `PG_BIN_DIR`, then Debian's
+/// versioned directories (newest first), then `PATH`.
+pub fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = std::env::var_os("PG_BIN_DIR") {
+        candidates.push(PathBuf::from(dir));
+    }
+    if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
+        let mut versioned: Vec<(u32, PathBuf)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+                Some((version, entry.path().join("bin")))
+            })
+            .collect();
+        versioned.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
+        candidates.extend(versioned.into_iter().map(|(_, dir)| dir));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    candidates
+        .iter()
+        .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file())
+        .cloned()
+        .ok_or_else(|| EmbeddedError::BinariesNotFound {
+            searched: candidates
+                .iter()
+                .map(|dir| dir.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+fn effective_uid_is_root() -> bool {
+    // The effective uid is the second number of the `Uid:` line.
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("Uid:"))
+                .and_then(|line| line.split_whitespace().nth(2).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn unprivileged_user() -> Option<RunAs> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    ["postgres", "nobody"].iter().find_map(|name| {
+        passwd.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            if fields.len() > 3 && fields[0] == *name {
+                Some(RunAs {
+                    uid: fields[2].parse().ok()?,
+                    gid: fields[3].parse().ok()?,
+                })
+            } else {
+                None
+            }
+        })
+    })
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn log_tail(log_file: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = fs::File::open(log_file) {
+        let _ = file.read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}

@@ -1,0 +1,108 @@
+//! Everything that talks to PostgreSQL: the connection pool, the embedded
+//! migrations, the generated schema, and plain query functions over a connection.
+
+pub mod contacts;
+pub mod embedded;
+pub mod invariants;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{AsyncMigrationHarness, AsyncPgConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+/// The migrations under `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+pub type DbPool = Pool<AsyncPgConnection>;
+pub type DbConnection = Object<AsyncPgConnection>;
+
+/// How the pool behaves; the defaults suit one server process on a small machine.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_size: usize,
+    /// How long a request waits for a free connection (or a new one) before the
+    /// database counts as unavailable.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_size: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Builds the pool; connections open lazily, so this succeeds with the database down.
+pub fn pool(database_url: &str, settings: &PoolSettings) -> Result<DbPool, String> {
+    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    // The default recycling check sends `SELECT 1` on every checkout: a round trip per
+    // request. A dead connection is noticed on first use and reported as unavailable.
+    manager_config.recycling_method = RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        database_url,
+        manager_config,
+    );
+    Pool::builder(manager)
+        .max_size(settings.max_size)
+        .wait_timeout(Some(settings.acquire_timeout))
+        .create_timeout(Some(settings.acquire_timeout))
+        .recycle_timeout(Some(settings.acquire_timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|err| err.to_string())
+}
+
+/// Applies every pending migration; returns how many ran.
+pub async fn run_migrations(pool: &DbPool) -> Result<usize, MigrationError> {
+    let connection = pool.get().await.map_err(MigrationError::Connect)?;
+    // The harness drives diesel's synchronous migration code; keep it off the
+    // async worker threads.
+    tokio::task::spawn_blocking(move || {
+        let mut harness = AsyncMigrationHarness::new(connection);
+        harness
+            .run_pending_migrations(MIGRATIONS)
+            .map(|versions| versions.len())
+            .map_err(|err| MigrationError::Apply(err.to_string()))
+    })
+    .await
+    .map_err(|err| MigrationError::Apply(err.to_string()))?
+}
+
+/// Whether every embedded migration has been applied to the database.
+pub async fn migrations_applied(
+    connection: &mut DbConnection,
+) -> Result<bool, diesel::result::Error> {
+    use diesel::migration::MigrationSource;
+    use diesel::sql_types::Text;
+    use diesel_async::RunQueryDsl;
+
+    #[derive(diesel::QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = Text)]
+        version: String,
+    }
+    let applied: Vec<Applied> = diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+        .load(connection)
+        .await?;
+    let embedded = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .map_err(diesel::result::Error::QueryBuilderError)?;
+    Ok(embedded.iter().all(|migration| {
+        let version = migration.name().version().to_string();
+        applied.iter().any(|row| row.version == version)
+    }))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("could not connect to the database: {0}")]
+    Connect(PoolError),
+    #[error("could not apply migrations: {0}")]
+    Apply(String),
+}

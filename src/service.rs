@@ -1,0 +1,200 @@
+//! Use cases over the database; REST and GraphQL are thin adapters over these.
+//!
+//! # How `identify` stays correct under concurrency
+//!
+//! Each attempt is one READ COMMITTED transaction:
+//!
+//! 1. advisory locks on the request's normalised values (see
+//!    [`contacts::lock_values`]): requests sharing a value serialise, so two first
+//!    orders with the same email cannot both insert a primary;
+//! 2. the primaries of every matching identity are locked `FOR UPDATE`: requests
+//!    touching one identity through different values serialise on its primary;
+//! 3. if a primary came back demoted (a concurrent merge committed between the
+//!    match and the lock), the attempt rolls back and starts over, so every row
+//!    lock of an attempt is taken in one statement, in id order, and attempts cannot
+//!    deadlock one another;
+//! 4. the members are loaded after the locks, so they include every row committed
+//!    by the transactions we waited for; nothing can join them until we commit,
+//!    because joining needs either a value lock or a primary lock we hold.
+//!
+//! The decision is the pure [`decide`]; the answer is built from the locked state plus
+//! our own changes, without reading it back.
+//!
+//! Round trips on the common paths: BEGIN, value locks, primary locks, members
+//! (skipped when nothing matched), at most two writes, COMMIT.
+
+use diesel_async::AsyncConnection;
+use tracing::Instrument;
+
+use crate::db::{DbPool, contacts};
+use crate::domain::{Contact, Decision, IdentifyRequest, Identity, Outcome, decide};
+
+/// A commit can still race under pathological contention; after this many attempts
+/// the caller gets a retryable "unavailable" instead of an endless loop.
+const MAX_ATTEMPTS: u32 = 16;
+
+/// What `identify` returns: the merged identity and what the call changed.
+#[derive(Debug, Clone)]
+pub struct Identified {
+    pub identity: Identity,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The database could not be reached, or the pool had no connection to give in time.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Concurrent merges kept invalidating this request's locks.
+    #[error("gave up after {MAX_ATTEMPTS} attempts under contention")]
+    Contended,
+    #[error("database error: {0}")]
+    Database(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for ServiceError {
+    fn from(err: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match err {
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                info,
+            ) => ServiceError::Unavailable(info.message().to_owned()),
+            Error::BrokenTransactionManager => {
+                ServiceError::Unavailable("connection lost inside a transaction".to_owned())
+            }
+            other => ServiceError::Database(other),
+        }
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for ServiceError {
+    fn from(err: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        ServiceError::Unavailable(err.to_string())
+    }
+}
+
+/// Why one attempt's transaction was rolled back.
+enum AttemptError {
+    /// A merge committed between our match and our lock: start over.
+    Raced,
+    Database(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for AttemptError {
+    fn from(err: diesel::result::Error) -> Self {
+        AttemptError::Database(err)
+    }
+}
+
+/// Reconciles one request (SPEC §4) and answers with the merged identity.
+///
+/// The work runs in its own task: a client that hangs up mid-request must not cancel
+/// a transaction half way and hand a connection with an open transaction back to the pool.
+pub async fn identify(pool: &DbPool, request: IdentifyRequest) -> Result<Identified, ServiceError> {
+    let pool = pool.clone();
+    let span = tracing::info_span!("identify", outcome = tracing::field::Empty, attempts = 1);
+    let task = tokio::spawn(
+        async move {
+            let result = identify_with_retry(&pool, &request).await;
+            if let Ok(identified) = &result {
+                tracing::Span::current().record("outcome", identified.outcome.as_str());
+            }
+            result
+        }
+        .instrument(span),
+    );
+    match task.await {
+        Ok(result) => result,
+        // The task only ends without a result if it panicked: surface it as an error
+        // rather than taking the request handler down with it.
+        Err(join_error) => Err(ServiceError::Database(
+            diesel::result::Error::QueryBuilderError(join_error.to_string().into()),
+        )),
+    }
+}
+
+async fn identify_with_retry(
+    pool: &DbPool,
+    request: &IdentifyRequest,
+) -> Result<Identified, ServiceError> {
+    let mut connection = pool.get().await?;
+    for attempt in 1..=MAX_ATTEMPTS {
+        match connection
+            .transaction(async |conn| identify_once(conn, request).await)
+            .await
+        {
+            Ok(identified) => {
+                tracing::Span::current().record("attempts", attempt);
+                return Ok(identified);
+            }
+            Err(AttemptError::Raced) => {
+                tracing::debug!(attempt, "primary demoted concurrently, retrying")
+            }
+            Err(AttemptError::Database(err)) if is_transient(&err) => {
+                tracing::debug!(attempt, error = %err, "transient conflict, retrying");
+            }
+            Err(AttemptError::Database(err)) => return Err(err.into()),
+        }
+    }
+    Err(ServiceError::Contended)
+}
+
+/// Conflicts PostgreSQL resolves by aborting one side, which a retry fixes. The design
+/// above avoids both; they are retried in case a future change reintroduces them.
+fn is_transient(err: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match err {
+        Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
+        // diesel does not map SQLSTATE 40P01 to a kind of its own.
+        Error::DatabaseError(_, info) => info.message().starts_with("deadlock detected"),
+        _ => false,
+    }
+}
+
+async fn identify_once(
+    conn: &mut diesel_async::AsyncPgConnection,
+    request: &IdentifyRequest,
+) -> Result<Identified, AttemptError> {
+    let (email, phone) = (request.email(), request.phone());
+    contacts::lock_values(conn, email, phone).await?;
+    let primaries = contacts::lock_matched_primaries(conn, email, phone).await?;
+    if primaries.iter().any(|primary| primary.linked_id.is_some()) {
+        return Err(AttemptError::Raced);
+    }
+    let members: Vec<Contact> = if primaries.is_empty() {
+        Vec::new()
+    } else {
+        let primary_ids: Vec<i32> = primaries.iter().map(|primary| primary.id).collect();
+        contacts::load_members(conn, &primary_ids)
+            .await?
+            .into_iter()
+            .map(Contact::from)
+            .collect()
+    };
+
+    let decision = decide(request, &members);
+    let identity = match &decision {
+        Decision::NewPrimary => {
+            let row = Contact::from(contacts::insert_contact(conn, email, phone, None).await?);
+            Identity::from_members(row.id, vec![row])
+        }
+        Decision::Merge(merge) => {
+            if !merge.demoted_primary_ids.is_empty() {
+                contacts::merge_into(conn, merge.primary_id, &merge.demoted_primary_ids).await?;
+            }
+            let inserted = if merge.add_secondary {
+                let row =
+                    contacts::insert_contact(conn, email, phone, Some(merge.primary_id)).await?;
+                Some(Contact::from(row))
+            } else {
+                None
+            };
+            Identity::from_members(merge.primary_id, merge.apply(members, inserted))
+        }
+    };
+    Ok(Identified {
+        identity,
+        outcome: decision.outcome(),
+    })
+}
