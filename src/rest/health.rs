@@ -1,0 +1,38 @@
+//! Liveness and readiness for load balancers and orchestrators.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::db;
+
+/// Alive: the process answers HTTP. Says nothing about the database.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready: the database answers and every migration is applied.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let check = async {
+        let mut connection = state.pool.get().await.map_err(|err| err.to_string())?;
+        db::migrations_applied(&mut connection)
+            .await
+            .map_err(|err| err.to_string())
+    };
+    match check.await {
+        Ok(true) => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        Ok(false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": "migrations pending"})),
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err, "readiness check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "not ready", "reason": "database unavailable"})),
+            )
+        }
+    }
+}

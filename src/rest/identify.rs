@@ -1,0 +1,198 @@
+//! `POST /identify`: the seed's contract, parsed strictly, answered by the service.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::app::AppState;
+use crate::domain::{Email, Field, IdentifyRequest, Identity, InputError, Phone};
+use crate::error::ApiError;
+use crate::service;
+
+/// The answer body; `primaryContatctId` (sic) is the seed's spelling and stays.
+#[derive(Debug, Serialize)]
+pub struct IdentifyResponse {
+    pub contact: IdentityBody,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityBody {
+    #[serde(rename = "primaryContatctId")]
+    pub primary_contatct_id: i32,
+    pub primary_contact_id: i32,
+    pub emails: Vec<String>,
+    pub phone_numbers: Vec<String>,
+    pub secondary_contact_ids: Vec<i32>,
+}
+
+impl From<Identity> for IdentifyResponse {
+    fn from(identity: Identity) -> Self {
+        Self {
+            contact: IdentityBody {
+                primary_contatct_id: identity.primary_id,
+                primary_contact_id: identity.primary_id,
+                emails: identity
+                    .emails
+                    .iter()
+                    .map(|e| e.as_str().to_owned())
+                    .collect(),
+                phone_numbers: identity
+                    .phone_numbers
+                    .iter()
+                    .map(|p| p.as_str().to_owned())
+                    .collect(),
+                secondary_contact_ids: identity.secondary_ids,
+            },
+        }
+    }
+}
+
+pub async fn identify(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<IdentifyResponse>, ApiError> {
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: state.config.body_limit_bytes,
+            }
+        } else {
+            ApiError::InvalidInput(InputError::new(
+                Field::Body,
+                format!("could not read the request body: {}", rejection.body_text()),
+            ))
+        }
+    })?;
+    let request = parse_body(&body)?;
+    let identified = service::identify(&state.pool, request).await?;
+    Ok(Json(identified.identity.into()))
+}
+
+/// `application/json`, or any `application/*+json`, with or without parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses `{"email"?: string|null, "phoneNumber"?: string|integer|null}`; other
+/// fields are ignored.
+pub fn parse_body(body: &[u8]) -> Result<IdentifyRequest, InputError> {
+    let value: Value = serde_json::from_slice(body).map_err(|err| {
+        InputError::new(
+            Field::Body,
+            format!("request body is not valid JSON: {err}"),
+        )
+    })?;
+    let Value::Object(fields) = value else {
+        return Err(InputError::new(
+            Field::Body,
+            format!(
+                "request body must be a JSON object, got {}",
+                json_kind(&value)
+            ),
+        ));
+    };
+    let email = match fields.get("email") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => Email::parse(raw)?,
+        Some(other) => {
+            return Err(InputError::new(
+                Field::Email,
+                format!("email must be a string or null, got {}", json_kind(other)),
+            ));
+        }
+    };
+    let phone = match fields.get("phoneNumber") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => Phone::parse(raw)?,
+        Some(Value::Number(number)) => match number.as_u64() {
+            Some(value) => Some(Phone::from_integer(value)),
+            None => {
+                return Err(InputError::new(
+                    Field::PhoneNumber,
+                    "phoneNumber given as a number must be a non-negative integer",
+                ));
+            }
+        },
+        Some(other) => {
+            return Err(InputError::new(
+                Field::PhoneNumber,
+                format!(
+                    "phoneNumber must be a string, a non-negative integer or null, got {}",
+                    json_kind(other)
+                ),
+            ));
+        }
+    };
+    IdentifyRequest::new(email, phone)
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(body: &str) -> Field {
+        parse_body(body.as_bytes()).unwrap_err().field
+    }
+
+    #[test]
+    fn phone_as_integer_or_string_is_the_same_phone() {
+        let a = parse_body(br#"{"phoneNumber": 123456}"#).unwrap();
+        let b = parse_body(br#"{"phoneNumber": "123456"}"#).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        assert_eq!(field_of(r#"{"email": 5}"#), Field::Email);
+        assert_eq!(field_of(r#"{"email": true}"#), Field::Email);
+        assert_eq!(field_of(r#"{"email": ["a@b"]}"#), Field::Email);
+        assert_eq!(field_of(r#"{"phoneNumber": -1}"#), Field::PhoneNumber);
+        assert_eq!(field_of(r#"{"phoneNumber": 1.5}"#), Field::PhoneNumber);
+        assert_eq!(field_of(r#"{"phoneNumber": 1e400}"#), Field::Body);
+        assert_eq!(field_of(r#"{"phoneNumber": {}}"#), Field::PhoneNumber);
+        assert_eq!(field_of(r#"[]"#), Field::Body);
+        assert_eq!(field_of(r#"{"#), Field::Body);
+        assert_eq!(
+            field_of(r#"{"email": null, "phoneNumber": ""}"#),
+            Field::Body
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        assert!(parse_body(br#"{"email": "a@b.c", "extra": [1, 2]}"#).is_ok());
+    }
+}
