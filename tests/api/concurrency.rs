@@ -1,0 +1,172 @@
+//! Invariants I1–I5 under concurrent requests (SPEC §4).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use futures::future::join_all;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app};
+
+async fn fire(app: &TestApp, bodies: Vec<Value>) -> Vec<Value> {
+    let requests = bodies.into_iter().map(|body| async move {
+        let (status, answer) = app.post_identify(&body).await;
+        assert_eq!(status, 200, "{body} -> {answer}");
+        answer["contact"].clone()
+    });
+    join_all(requests).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_simultaneous_first_orders_make_one_primary() {
+    let app = spawn_app().await;
+    for round in 0..5 {
+        let body =
+            json!({"email": format!("rush{round}@x.io"), "phoneNumber": format!("77{round}")});
+        let answers = fire(&app, vec![body; 50]).await;
+        assert!(
+            answers.windows(2).all(|pair| pair[0] == pair[1]),
+            "answers differ: {answers:?}"
+        );
+        assert_eq!(answers[0]["secondaryContactIds"], json!([]));
+        assert_eq!(
+            app.row_count().await,
+            round + 1,
+            "round {round} inserted extra rows"
+        );
+        app.assert_invariants().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_orders_sharing_one_value_make_one_identity() {
+    let app = spawn_app().await;
+    // Same phone, fifty different emails, all at once: one primary, 49 secondaries.
+    let bodies = (0..50)
+        .map(|i| json!({"email": format!("shared{i}@x.io"), "phoneNumber": "4242"}))
+        .collect();
+    let answers = fire(&app, bodies).await;
+    let primaries: BTreeSet<_> = answers
+        .iter()
+        .map(|a| a["primaryContactId"].as_i64())
+        .collect();
+    assert_eq!(primaries.len(), 1);
+    assert_eq!(app.row_count().await, 50);
+    assert_eq!(app.identities().await.len(), 1);
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pairwise_links_end_as_one_identity() {
+    let app = spawn_app().await;
+    for round in 0..3 {
+        let email = |i: usize| format!("r{round}-{i}@x.io");
+        let phone = |i: usize| format!("{round}00{i:02}");
+        for i in 0..20 {
+            app.identify(Some(&email(i)), Some(&phone(i))).await;
+        }
+        let rows_before = app.row_count().await;
+        let first_primary = rows_before as i64 - 19;
+        // Link identity i to i+1, all at once, in scrambled order.
+        let mut bodies: Vec<Value> = (0..19)
+            .map(|i| json!({"email": email(i), "phoneNumber": phone(i + 1)}))
+            .collect();
+        bodies.reverse();
+        bodies.swap(3, 11);
+        fire(&app, bodies).await;
+
+        assert_eq!(
+            app.row_count().await,
+            rows_before,
+            "links with known values add rows"
+        );
+        let answer = app.identify(Some(&email(7)), None).await;
+        assert_eq!(
+            answer["primaryContactId"], first_primary,
+            "the oldest primary stays"
+        );
+        assert_eq!(answer["emails"].as_array().unwrap().len(), 20);
+        assert_eq!(answer["secondaryContactIds"].as_array().unwrap().len(), 19);
+        assert_eq!(app.identities().await.len(), round + 1);
+        app.assert_invariants().await;
+    }
+}
+
+/// Union-find over the values that appeared together in one request.
+fn model_partition(requests: &[(Option<String>, Option<String>)]) -> BTreeSet<BTreeSet<String>> {
+    fn find(parent: &mut HashMap<String, String>, v: &str) -> String {
+        let p = parent
+            .entry(v.to_owned())
+            .or_insert_with(|| v.to_owned())
+            .clone();
+        if p == v {
+            return p;
+        }
+        let root = find(parent, &p);
+        parent.insert(v.to_owned(), root.clone());
+        root
+    }
+    let mut parent = HashMap::new();
+    for (email, phone) in requests {
+        let values: Vec<String> = email
+            .iter()
+            .map(|e| format!("e:{e}"))
+            .chain(phone.iter().map(|p| format!("p:{p}")))
+            .collect();
+        for v in &values {
+            find(&mut parent, v);
+        }
+        if let [a, b] = values.as_slice() {
+            let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+            parent.insert(ra, rb);
+        }
+    }
+    let values: Vec<String> = parent.keys().cloned().collect();
+    let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for v in values {
+        groups.entry(find(&mut parent, &v)).or_default().insert(v);
+    }
+    groups.into_values().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_concurrent_mix_matches_the_union_find_model() {
+    let app = spawn_app().await;
+    // A small deterministic generator: reproducible without a seed file.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let mut requests = Vec::new();
+    for _ in 0..300 {
+        let email = (next(4) > 0).then(|| format!("u{}@x.io", next(40)));
+        let phone = (email.is_none() || next(4) > 0).then(|| format!("9{}", next(40)));
+        requests.push((email, phone));
+    }
+    for batch in requests.chunks(30) {
+        let bodies = batch
+            .iter()
+            .map(|(e, p)| json!({"email": e, "phoneNumber": p}))
+            .collect();
+        let answers = fire(&app, bodies).await;
+        // Every answer contains the request's own values.
+        for ((email, phone), answer) in batch.iter().zip(&answers) {
+            if let Some(email) = email {
+                assert!(answer["emails"].as_array().unwrap().contains(&json!(email)));
+            }
+            if let Some(phone) = phone {
+                assert!(
+                    answer["phoneNumbers"]
+                        .as_array()
+                        .unwrap()
+                        .contains(&json!(phone))
+                );
+            }
+        }
+        app.assert_invariants().await;
+    }
+    let stored: BTreeSet<BTreeSet<String>> = app.identities().await.into_values().collect();
+    assert_eq!(stored, model_partition(&requests));
+}

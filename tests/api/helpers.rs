@@ -1,0 +1,300 @@
+//! `spawn_app()`: the application on port 0 over a fresh, migrated database.
+//!
+//! Without `DATABASE_URL` the suite starts one throwaway PostgreSQL per test process
+//! from the installed server binaries (as an unprivileged user when run as root).
+//! With `DATABASE_URL` it uses that server, which must allow `CREATE DATABASE`.
+//! Each test gets a database of its own, dropped when the test ends.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clap::Parser;
+use diesel::QueryableByName;
+use diesel::sql_types::{Int4, Nullable, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use identity_reconciliation::app::{self, AppState};
+use identity_reconciliation::config::{Cli, Secret};
+use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use identity_reconciliation::db::{self, DbPool, invariants};
+use serde_json::{Value, json};
+
+/// The server every test of this process creates its databases on.
+struct TestServer {
+    /// URL of a database we may connect to for `CREATE DATABASE`.
+    admin_url: String,
+}
+
+fn test_server() -> &'static TestServer {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    SERVER.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => TestServer { admin_url: url },
+        _ => TestServer {
+            admin_url: start_private_server(),
+        },
+    })
+}
+
+/// Starts PostgreSQL from a thread that lives as long as the process: the server is
+/// tied to its starting thread and shuts down when the test process exits.
+fn start_private_server() -> String {
+    let root = std::env::temp_dir().join("identity-reconciliation-tests");
+    remove_stale_clusters(&root);
+    let dir = root.join(format!("pg-{}", std::process::id()));
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("test-postgres".into())
+        .spawn(move || {
+            let started = std::fs::create_dir_all(&dir)
+                .map_err(|err| err.to_string())
+                .and_then(|()| {
+                    EmbeddedPostgres::start(&EmbeddedOptions {
+                        data_dir: dir.join("data"),
+                        log_file: dir.join("postgres.log"),
+                        durable: false,
+                        bin_dir: None,
+                    })
+                    .map_err(|err| err.to_string())
+                });
+            match started {
+                Ok(server) => {
+                    sender.send(Ok(server.url("postgres"))).unwrap();
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(err) => sender.send(Err(err)).unwrap(),
+            }
+        })
+        .unwrap();
+    match receiver.recv().unwrap() {
+        Ok(url) => url,
+        Err(err) => panic!(
+            "the tests need PostgreSQL: set DATABASE_URL, or install the server binaries.\n{err}"
+        ),
+    }
+}
+
+/// Clusters left by test processes that are gone (their server died with them).
+fn remove_stale_clusters(root: &PathBuf) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("pg-") else {
+            continue;
+        };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub client: reqwest::Client,
+    pub pool: DbPool,
+    database: String,
+}
+
+/// Starts the application over a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Like [`spawn_app`], with extra command-line flags for the server's configuration.
+pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let server = test_server();
+    let database = format!(
+        "ir_test_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    let mut admin = AsyncPgConnection::establish(&server.admin_url)
+        .await
+        .expect("connect to the test server");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .expect("create the test database");
+    drop(admin);
+
+    let url = with_database(&server.admin_url, &database);
+    let mut args = vec![
+        "test",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--pool-size",
+        "10",
+    ];
+    args.extend_from_slice(flags);
+    let mut config = Cli::try_parse_from(args).expect("test flags parse").config;
+    config.database_url = Some(Secret::new(url.clone()));
+
+    let pool = db::pool(&url, &config.pool_settings()).expect("build the pool");
+    db::run_migrations(&pool)
+        .await
+        .expect("migrate the test database");
+    let (listener, address) = app::bind(&config).await.expect("bind a free port");
+    let state = AppState::new(pool.clone(), config);
+    tokio::spawn(app::serve(listener, state, std::future::pending()));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        pool,
+        database,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.pool.close();
+        let admin_url = test_server().admin_url.clone();
+        let database = self.database.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a
+        // thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(mut admin) = AsyncPgConnection::establish(&admin_url).await {
+                    let _ = admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// One row of `contacts`, as the tests inspect it.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct Row {
+    #[diesel(sql_type = Int4)]
+    pub id: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub email: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub phone_number: Option<String>,
+    #[diesel(sql_type = Nullable<Int4>)]
+    pub linked_id: Option<i32>,
+    #[diesel(sql_type = Text)]
+    pub link_precedence: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Posts a raw body with a content type; returns the status and the JSON answer.
+    pub async fn post_raw(
+        &self,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let mut request = self.client.post(self.url("/identify")).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body read");
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("status {status}: answer is not JSON: {text:?}"));
+        (status, value)
+    }
+
+    /// Posts a JSON body to `/identify`.
+    pub async fn post_identify(&self, body: &Value) -> (u16, Value) {
+        self.post_raw(Some("application/json"), body.to_string())
+            .await
+    }
+
+    /// Identifies and expects a 200; returns the `contact` object.
+    pub async fn identify(&self, email: Option<&str>, phone: Option<&str>) -> Value {
+        let (status, body) = self
+            .post_identify(&json!({"email": email, "phoneNumber": phone}))
+            .await;
+        assert_eq!(
+            status, 200,
+            "identify({email:?}, {phone:?}) answered {body}"
+        );
+        body["contact"].clone()
+    }
+
+    pub async fn connection(&self) -> db::DbConnection {
+        self.pool.get().await.expect("a test connection")
+    }
+
+    /// Every row, live or not, by id.
+    pub async fn rows(&self) -> Vec<Row> {
+        diesel::sql_query(
+            "SELECT id, email, phone_number, linked_id, link_precedence::text AS link_precedence \
+             FROM contacts ORDER BY id",
+        )
+        .load(&mut self.connection().await)
+        .await
+        .expect("rows load")
+    }
+
+    pub async fn row_count(&self) -> usize {
+        self.rows().await.len()
+    }
+
+    pub async fn execute(&self, sql: &str) {
+        self.connection()
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {err}"));
+    }
+
+    /// Fails the test if any of I1–I3 is broken.
+    pub async fn assert_invariants(&self) {
+        let reports = invariants::check(&mut *self.connection().await)
+            .await
+            .expect("invariant check runs");
+        let broken: Vec<_> = reports.iter().filter(|r| r.violations > 0).collect();
+        assert!(broken.is_empty(), "invariants broken: {broken:#?}");
+    }
+
+    /// The live identities as sets of values, keyed by primary id.
+    pub async fn identities(&self) -> BTreeMap<i32, BTreeSet<String>> {
+        let mut identities: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+        for row in self.rows().await {
+            let values = identities
+                .entry(row.linked_id.unwrap_or(row.id))
+                .or_default();
+            values.extend(row.email.map(|e| format!("e:{e}")));
+            values.extend(row.phone_number.map(|p| format!("p:{p}")));
+        }
+        identities
+    }
+}
