@@ -198,3 +198,41 @@ async fn identify_once(
         outcome: decision.outcome(),
     })
 }
+
+/// Why a look-up found no single identity to answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The email and the phone belong to two different identities; only an
+    /// identify (which merges them) can answer with one.
+    #[error(
+        "the email and the phoneNumber belong to two different identities \
+         (primary contacts {0} and {1}); look them up one at a time"
+    )]
+    Ambiguous(i32, i32),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// The identity holding the request's values, without writing anything; `None`
+/// when no live contact holds either value.
+pub async fn lookup(
+    pool: &DbPool,
+    request: &IdentifyRequest,
+) -> Result<Option<Identity>, LookupError> {
+    let mut conn = pool.get().await.map_err(ServiceError::from)?;
+    let primary_ids = contacts::matched_primary_ids(&mut conn, request.email(), request.phone())
+        .await
+        .map_err(ServiceError::from)?;
+    let primary_id = match primary_ids.as_slice() {
+        [] => return Ok(None),
+        [primary_id] => *primary_id,
+        [first, second, ..] => return Err(LookupError::Ambiguous(*first, *second)),
+    };
+    let members = contacts::load_members(&mut conn, &[primary_id])
+        .await
+        .map_err(ServiceError::from)?;
+    Ok(Some(Identity::from_members(
+        primary_id,
+        members.into_iter().map(Contact::from).collect(),
+    )))
+}

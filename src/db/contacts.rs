@@ -149,3 +149,89 @@ pub async fn merge_into(
     .execute(conn)
     .await
 }
+
+/// Live contacts with these ids (missing and soft-deleted ids are left out).
+pub async fn find_by_ids(
+    conn: &mut AsyncPgConnection,
+    ids: &[i32],
+) -> QueryResult<Vec<ContactRecord>> {
+    contacts::table
+        .filter(contacts::id.eq_any(ids))
+        .filter(contacts::deleted_at.is_null())
+        .select(ContactRecord::as_select())
+        .load(conn)
+        .await
+}
+
+/// The primary ids of the live identities holding the email or the phone; reads
+/// only, takes no lock.
+pub async fn matched_primary_ids(
+    conn: &mut AsyncPgConnection,
+    email: Option<&Email>,
+    phone: Option<&Phone>,
+) -> QueryResult<Vec<i32>> {
+    #[derive(QueryableByName)]
+    struct PrimaryId {
+        #[diesel(sql_type = Int4)]
+        primary_id: i32,
+    }
+    let rows: Vec<PrimaryId> = diesel::sql_query(
+        "SELECT DISTINCT coalesce(linked_id, id) AS primary_id FROM contacts \
+         WHERE deleted_at IS NULL AND (email = $1 OR phone_number = $2) \
+         ORDER BY 1",
+    )
+    .bind::<Nullable<Text>, _>(email.map(Email::as_str))
+    .bind::<Nullable<Text>, _>(phone.map(Phone::as_str))
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| row.primary_id).collect())
+}
+
+/// Which contacts a page lists; every given criterion must hold.
+#[derive(Debug, Clone, Default)]
+pub struct ContactFilter {
+    pub email: Option<Email>,
+    pub phone: Option<Phone>,
+    /// `Some(true)`: primaries only; `Some(false)`: secondaries only.
+    pub primary: Option<bool>,
+    /// Members of the identity headed by this id.
+    pub primary_contact_id: Option<i32>,
+}
+
+/// Up to `limit` live contacts matching `filter` with an id above `after`, by id.
+pub async fn page(
+    conn: &mut AsyncPgConnection,
+    filter: &ContactFilter,
+    after: Option<i32>,
+    limit: i64,
+) -> QueryResult<Vec<ContactRecord>> {
+    let mut query = contacts::table
+        .filter(contacts::deleted_at.is_null())
+        .select(ContactRecord::as_select())
+        .order(contacts::id.asc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(email) = &filter.email {
+        query = query.filter(contacts::email.eq(email.as_str().to_owned()));
+    }
+    if let Some(phone) = &filter.phone {
+        query = query.filter(contacts::phone_number.eq(phone.as_str().to_owned()));
+    }
+    match filter.primary {
+        Some(true) => query = query.filter(contacts::linked_id.is_null()),
+        Some(false) => query = query.filter(contacts::linked_id.is_not_null()),
+        None => {}
+    }
+    if let Some(primary_id) = filter.primary_contact_id {
+        query = query.filter(
+            contacts::id
+                .eq(primary_id)
+                .and(contacts::linked_id.is_null())
+                .or(contacts::linked_id.eq(primary_id)),
+        );
+    }
+    if let Some(after) = after {
+        query = query.filter(contacts::id.gt(after));
+    }
+    query.load(conn).await
+}

@@ -6,7 +6,13 @@ pub mod embedded;
 pub mod invariants;
 pub mod schema;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use diesel::connection::{Instrumentation, InstrumentationEvent};
+use diesel_async::AsyncConnection;
+use futures_util::FutureExt;
 
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
 use diesel_async::pooled_connection::{
@@ -19,6 +25,32 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 pub type DbPool = Pool<AsyncPgConnection>;
+
+/// Counts the SQL statements sent by every connection of a pool, so that tests (and
+/// metrics) can see how many round trips a request costs.
+#[derive(Debug, Clone, Default)]
+pub struct StatementCounter(Arc<AtomicU64>);
+
+impl StatementCounter {
+    /// Statements sent so far, transaction control (BEGIN/COMMIT/ROLLBACK) included.
+    pub fn total(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Instrumentation for StatementCounter {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        if matches!(
+            event,
+            InstrumentationEvent::StartQuery { .. }
+                | InstrumentationEvent::BeginTransaction { .. }
+                | InstrumentationEvent::CommitTransaction { .. }
+                | InstrumentationEvent::RollbackTransaction { .. }
+        ) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 pub type DbConnection = Object<AsyncPgConnection>;
 
 /// How the pool behaves; the defaults suit one server process on a small machine.
@@ -40,8 +72,21 @@ impl Default for PoolSettings {
 }
 
 /// Builds the pool; connections open lazily, so this succeeds with the database down.
-pub fn pool(database_url: &str, settings: &PoolSettings) -> Result<DbPool, String> {
+pub fn pool(
+    database_url: &str,
+    settings: &PoolSettings,
+    statements: StatementCounter,
+) -> Result<DbPool, String> {
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    manager_config.custom_setup = Box::new(move |url| {
+        let statements = statements.clone();
+        async move {
+            let mut connection = AsyncPgConnection::establish(url).await?;
+            connection.set_instrumentation(statements);
+            Ok(connection)
+        }
+        .boxed()
+    });
     // The default recycling check sends `SELECT 1` on every checkout: a round trip per
     // request. A dead connection is noticed on first use and reported as unavailable.
     manager_config.recycling_method = RecyclingMethod::Fast;
