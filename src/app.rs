@@ -14,13 +14,15 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
-use crate::db::DbPool;
+use crate::db::{DbPool, StatementCounter};
 use crate::error::ApiError;
-use crate::rest;
+use crate::{graphql, rest};
 
 /// What every handler shares.
 pub struct App {
     pub pool: DbPool,
+    /// Counts the statements `pool`'s connections send.
+    pub statements: StatementCounter,
     pub config: Config,
 }
 
@@ -29,8 +31,12 @@ pub struct App {
 pub struct AppState(Arc<App>);
 
 impl AppState {
-    pub fn new(pool: DbPool, config: Config) -> Self {
-        Self(Arc::new(App { pool, config }))
+    pub fn new(pool: DbPool, statements: StatementCounter, config: Config) -> Self {
+        Self(Arc::new(App {
+            pool,
+            statements,
+            config,
+        }))
     }
 }
 
@@ -44,19 +50,21 @@ impl Deref for AppState {
 
 /// Every route of the service.
 pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.body_limit_bytes;
     Router::new()
         .route("/identify", post(rest::identify::identify))
         .route("/healthz", get(rest::health::healthz))
         .route("/readyz", get(rest::health::readyz))
+        .with_state(state.clone())
+        .merge(graphql::router(state))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(|_| -> Response {
             tracing::error!("request handler panicked");
             ApiError::Internal.into_response()
         }))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
 
 /// Binds the listener; port 0 picks a free port, reported by the returned address.

@@ -39,6 +39,8 @@ pub enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Print the GraphQL schema (SDL) the server serves, and exit.
+    PrintSchema,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,10 +5,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use identity_reconciliation::config::{Cli, Command, Secret};
 use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use identity_reconciliation::{app, db, telemetry};
+use identity_reconciliation::{app, db, graphql, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command == Some(Command::PrintSchema) {
+        print!("{}", graphql::sdl());
+        return ExitCode::SUCCESS;
+    }
     telemetry::init(cli.config.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,7 +54,12 @@ fn run(cli: Cli) -> Result<(), String> {
         .map_err(|err| err.to_string())?;
     let result = runtime.block_on(async move {
         let database_url = config.database_url.clone().expect("set above");
-        let pool = db::pool(database_url.expose(), &config.pool_settings())?;
+        let statements = db::StatementCounter::default();
+        let pool = db::pool(
+            database_url.expose(),
+            &config.pool_settings(),
+            statements.clone(),
+        )?;
         let applied = db::run_migrations(&pool)
             .await
             .map_err(|err| err.to_string())?;
@@ -62,7 +71,7 @@ fn run(cli: Cli) -> Result<(), String> {
             .await
             .map_err(|err| format!("could not listen on {}:{}: {err}", config.host, config.port))?;
         tracing::info!(%address, "listening: POST http://{address}/identify");
-        let state = app::AppState::new(pool.clone(), config);
+        let state = app::AppState::new(pool.clone(), statements, config);
         app::serve(listener, state, app::shutdown_signal())
             .await
             .map_err(|err| err.to_string())?;

@@ -18,7 +18,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use identity_reconciliation::app::{self, AppState};
 use identity_reconciliation::config::{Cli, Secret};
 use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use identity_reconciliation::db::{self, DbPool, invariants};
+use identity_reconciliation::db::{self, DbPool, StatementCounter, invariants};
 use serde_json::{Value, json};
 
 /// The server every test of this process creates its databases on.
@@ -114,6 +114,9 @@ pub struct TestApp {
     pub address: SocketAddr,
     pub client: reqwest::Client,
     pub pool: DbPool,
+    /// Statements sent through the application's pool; the helpers below use that
+    /// pool too, so read it only around the requests being counted.
+    pub statements: StatementCounter,
     database: String,
 }
 
@@ -154,17 +157,19 @@ pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     let mut config = Cli::try_parse_from(args).expect("test flags parse").config;
     config.database_url = Some(Secret::new(url.clone()));
 
-    let pool = db::pool(&url, &config.pool_settings()).expect("build the pool");
+    let statements = StatementCounter::default();
+    let pool = db::pool(&url, &config.pool_settings(), statements.clone()).expect("build the pool");
     db::run_migrations(&pool)
         .await
         .expect("migrate the test database");
     let (listener, address) = app::bind(&config).await.expect("bind a free port");
-    let state = AppState::new(pool.clone(), config);
+    let state = AppState::new(pool.clone(), statements.clone(), config);
     tokio::spawn(app::serve(listener, state, std::future::pending()));
     TestApp {
         address,
         client: reqwest::Client::new(),
         pool,
+        statements,
         database,
     }
 }
@@ -209,6 +214,33 @@ pub struct Row {
 }
 
 impl TestApp {
+    /// Runs a GraphQL operation; returns the whole response (`data` and `errors`).
+    pub async fn graphql(&self, query: &str, variables: Value) -> Value {
+        let response = self
+            .client
+            .post(self.url("/graphql"))
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await
+            .expect("graphql request sent");
+        assert_eq!(
+            response.status(),
+            200,
+            "GraphQL answers 200 even for errors"
+        );
+        response.json().await.expect("graphql answer is JSON")
+    }
+
+    /// Runs a GraphQL operation that must succeed; returns `data`.
+    pub async fn graphql_data(&self, query: &str, variables: Value) -> Value {
+        let response = self.graphql(query, variables).await;
+        assert!(
+            response.get("errors").is_none(),
+            "unexpected errors: {response}"
+        );
+        response["data"].clone()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }

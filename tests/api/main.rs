@@ -2,6 +2,7 @@
 //! port with a fresh database on a real PostgreSQL, and drives it over HTTP.
 
 mod concurrency;
+mod graphql;
 mod helpers;
 mod identify;
 mod validation;

@@ -1,0 +1,92 @@
+use async_graphql::dataloader::{DataLoader, HashMapCache};
+use async_graphql::{Context, Enum, Object, Result};
+use chrono::{DateTime, Utc};
+
+use super::IdentityNode;
+use crate::db::contacts::ContactRecord;
+use crate::graphql::error::{ErrorCode, service_error};
+use crate::graphql::loaders::{ContactLoader, MembersLoader};
+
+/// Whether a contact heads its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum LinkPrecedence {
+    /// The oldest contact of an identity; every other member links to it.
+    Primary,
+    /// A contact linked to its identity's primary.
+    Secondary,
+}
+
+pub struct ContactNode(pub ContactRecord);
+
+impl ContactNode {
+    fn primary_id(&self) -> i32 {
+        self.0.linked_id.unwrap_or(self.0.id)
+    }
+}
+
+/// One contact record: an email and/or a phone number seen together in an order.
+#[Object(name = "Contact")]
+impl ContactNode {
+    async fn id(&self) -> i32 {
+        self.0.id
+    }
+
+    /// Lower-cased email, if the contact has one.
+    async fn email(&self) -> Option<&str> {
+        self.0.email.as_deref()
+    }
+
+    /// Normalised phone number (digits, optionally a leading `+`), if any.
+    async fn phone_number(&self) -> Option<&str> {
+        self.0.phone_number.as_deref()
+    }
+
+    /// The primary's id for a secondary; null for a primary.
+    async fn linked_id(&self) -> Option<i32> {
+        self.0.linked_id
+    }
+
+    async fn link_precedence(&self) -> LinkPrecedence {
+        if self.0.linked_id.is_some() {
+            LinkPrecedence::Secondary
+        } else {
+            LinkPrecedence::Primary
+        }
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+
+    /// Bumped whenever the contact changes (for example when it is re-linked).
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+
+    /// The primary contact of this contact's identity (itself, for a primary).
+    async fn primary(&self, ctx: &Context<'_>) -> Result<ContactNode> {
+        let Some(primary_id) = self.0.linked_id else {
+            return Ok(ContactNode(self.0.clone()));
+        };
+        ctx.data_unchecked::<DataLoader<ContactLoader, HashMapCache>>()
+            .load_one(primary_id)
+            .await
+            .map_err(|err| service_error(&err))?
+            .map(ContactNode)
+            .ok_or_else(|| {
+                ErrorCode::NotFound.error(format!("primary contact {primary_id} not found"))
+            })
+    }
+
+    /// The whole identity this contact belongs to.
+    async fn identity(&self, ctx: &Context<'_>) -> Result<IdentityNode> {
+        let primary_id = self.primary_id();
+        let members = ctx
+            .data_unchecked::<DataLoader<MembersLoader, HashMapCache>>()
+            .load_one(primary_id)
+            .await
+            .map_err(|err| service_error(&err))?
+            .ok_or_else(|| ErrorCode::NotFound.error(format!("identity {primary_id} not found")))?;
+        Ok(IdentityNode::from_members(primary_id, members))
+    }
+}
