@@ -57,6 +57,8 @@ pub struct EmbeddedOptions {
     pub durable: bool,
     /// A bin directory to use instead of searching for one.
     pub bin_dir: Option<PathBuf>,
+    /// A fixed port (to restart a server where clients expect it); `None` picks a free one.
+    pub port: Option<u16>,
 }
 
 /// A running private PostgreSQL server; stopped (fast shutdown) on drop.
@@ -94,7 +96,10 @@ impl EmbeddedPostgres {
         let mut last_error = String::new();
         // A free port can be taken between our probe and the server's bind; try again.
         for _ in 0..3 {
-            let port = free_port().map_err(io_context("could not find a free port"))?;
+            let port = match options.port {
+                Some(port) => port,
+                None => free_port().map_err(io_context("could not find a free port"))?,
+            };
             let log = fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -240,6 +245,21 @@ fn initdb(
         std::os::unix::fs::chown(data_dir, Some(user.uid), Some(user.gid)).map_err(io_context(
             format!("could not hand {} to the postgres user", data_dir.display()),
         ))?;
+        // The server's user must be able to pass through the folder holding its data
+        // (a `mktemp -d` folder is 0700): grant "search" only, not listing.
+        if let Some(parent) = data_dir.parent() {
+            use std::os::unix::fs::PermissionsExt;
+            let mut permissions = fs::metadata(parent)
+                .map_err(io_context(format!("could not read {}", parent.display())))?
+                .permissions();
+            if permissions.mode() & 0o001 == 0 {
+                permissions.set_mode(permissions.mode() | 0o001);
+                fs::set_permissions(parent, permissions).map_err(io_context(format!(
+                    "could not open {} to the postgres user",
+                    parent.display()
+                )))?;
+            }
+        }
     }
     let mut command = privileged_command(run_as, &bin_dir.join("initdb"), false);
     command.arg("-D").arg(data_dir).args([
