@@ -5,24 +5,30 @@ use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
 use crate::db::{DbPool, StatementCounter};
 use crate::error::ApiError;
-use crate::{graphql, rest};
+use crate::metrics::Metrics;
+use crate::middleware::{REQUEST_ID, RateLimiter};
+use crate::{graphql, openapi, rest};
 
 /// What every handler shares.
 pub struct App {
     pub pool: DbPool,
     /// Counts the statements `pool`'s connections send.
     pub statements: StatementCounter,
+    pub metrics: Metrics,
+    /// `None` when rate limiting is off (the default).
+    pub rate_limiter: Option<RateLimiter>,
     pub config: Config,
 }
 
@@ -35,6 +41,8 @@ impl AppState {
         Self(Arc::new(App {
             pool,
             statements,
+            metrics: Metrics::default(),
+            rate_limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
             config,
         }))
     }
@@ -48,23 +56,69 @@ impl Deref for AppState {
     }
 }
 
-/// Every route of the service.
+/// Every route of the service, with the layers every request goes through.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit_bytes;
+    let cors = cors(&state.config);
     Router::new()
         .route("/identify", post(rest::identify::identify))
         .route("/healthz", get(rest::health::healthz))
         .route("/readyz", get(rest::health::readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .with_state(state.clone())
-        .merge(graphql::router(state))
+        .merge(graphql::router(state.clone()))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Listed innermost first: the last layer sees the request first.
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(|_| -> Response {
             tracing::error!("request handler panicked");
             ApiError::Internal.into_response()
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::middleware::timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::middleware::rate_limit,
+        ))
+        .layer(cors)
+        .layer(middleware::from_fn_with_state(
+            state,
+            crate::middleware::observe,
+        ))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(&state.pool, &state.statements),
+    )
+}
+
+/// No origin is allowed unless configured: browsers then refuse cross-origin calls.
+fn cors(config: &Config) -> CorsLayer {
+    let origins: Vec<HeaderValue> = config
+        .cors_origins
+        .iter()
+        .filter(|origin| origin.as_str() != "*")
+        .filter_map(|origin| HeaderValue::from_str(origin.trim()).ok())
+        .collect();
+    let allow_origin = if config.cors_origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins)
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE, REQUEST_ID.clone()])
+        .expose_headers([REQUEST_ID.clone(), header::RETRY_AFTER])
 }
 
 /// Binds the listener; port 0 picks a free port, reported by the returned address.
@@ -75,15 +129,40 @@ pub async fn bind(config: &Config) -> std::io::Result<(TcpListener, SocketAddr)>
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets requests in
-/// flight finish.
+/// flight finish, for at most the configured shutdown timeout.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let deadline = state.config.shutdown_timeout();
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let server = axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal);
+    let give_up = async move {
+        if stopped.await.is_ok() {
+            tokio::time::sleep(deadline).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => result,
+        () = give_up => {
+            tracing::warn!(
+                seconds = deadline.as_secs(),
+                "requests still in flight after the shutdown timeout; closing them"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (what orchestrators send).

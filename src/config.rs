@@ -1,18 +1,6 @@
 //! Typed configuration: every option is a command-line flag that can also be set by
-//! the environment variable named beside it in `--help`.
-//!
-//! | variable | default | meaning |
-//! |---|---|---|
-//! | `DATABASE_URL` | unset | PostgreSQL to use; unset runs a private server under `DATA_DIR` |
-//! | `HOST` | `127.0.0.1` | address to listen on |
-//! | `PORT` | `3000` | port to listen on (hosting platforms set it) |
-//! | `DATA_DIR` | `.data` | where the private PostgreSQL keeps its cluster |
-//! | `PG_BIN_DIR` | searched | PostgreSQL server binaries for the private server |
-//! | `DB_POOL_SIZE` | `16` | connections per server process |
-//! | `DB_ACQUIRE_TIMEOUT_MS` | `5000` | wait for a connection before answering 503 |
-//! | `BODY_LIMIT_BYTES` | `16384` | largest request body accepted (413 beyond) |
-//! | `LOG_FORMAT` | `text` | `text` or `json` |
-//! | `RUST_LOG` | `info` | log filter |
+//! the environment variable named beside it (`--help` lists both). The README's
+//! configuration table mirrors this module.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -41,6 +29,10 @@ pub enum Command {
     Migrate,
     /// Print the GraphQL schema (SDL) the server serves, and exit.
     PrintSchema,
+    /// Print the OpenAPI document of the REST API, and exit.
+    PrintOpenapi,
+    /// Verify invariants I1–I3 over the whole database; exit 1 on any violation.
+    Check,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -74,9 +66,56 @@ pub struct Config {
     )]
     pub db_acquire_timeout_ms: u64,
 
-    /// Largest request body accepted, in bytes.
+    /// Largest request body accepted, in bytes (413 beyond).
     #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 16 * 1024, global = true)]
     pub body_limit_bytes: usize,
+
+    /// Seconds a request may take before it is answered 503 (its transaction still
+    /// completes or rolls back on its own).
+    #[arg(
+        long,
+        env = "REQUEST_TIMEOUT_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub request_timeout_secs: u64,
+
+    /// Seconds to let requests in flight finish after SIGTERM/SIGINT.
+    #[arg(
+        long,
+        env = "SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub shutdown_timeout_secs: u64,
+
+    /// Requests per second allowed per client address; 0 turns rate limiting off.
+    #[arg(
+        long,
+        env = "RATE_LIMIT_PER_SECOND",
+        default_value_t = 0.0,
+        global = true
+    )]
+    pub rate_limit_per_second: f64,
+
+    /// Requests a client may send in a burst above the steady rate (default: one
+    /// second's worth, at least 1).
+    #[arg(long, env = "RATE_LIMIT_BURST", global = true)]
+    pub rate_limit_burst: Option<u32>,
+
+    /// Identify clients by the last address in `X-Forwarded-For` (the one your
+    /// proxy appended) instead of the peer address. Only behind a proxy you run.
+    #[arg(
+        long,
+        env = "TRUST_FORWARDED_FOR",
+        default_value_t = false,
+        global = true
+    )]
+    pub trust_forwarded_for: bool,
+
+    /// Browser origins allowed by CORS, comma-separated (`*` for any); none by default.
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',', global = true)]
+    pub cors_origins: Vec<String>,
 
     /// Log output format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -84,6 +123,14 @@ pub struct Config {
 }
 
 impl Config {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
     pub fn pool_settings(&self) -> PoolSettings {
         PoolSettings {
             max_size: self.pool_size,

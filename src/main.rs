@@ -1,21 +1,29 @@
-//! Entry point: parse the configuration, find or start the database, serve.
+//! Entry point: parse the configuration, find or start the database, run the command.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use identity_reconciliation::config::{Cli, Command, Secret};
+use identity_reconciliation::config::{Cli, Command, Config, Secret};
 use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use identity_reconciliation::{app, db, graphql, telemetry};
+use identity_reconciliation::{app, db, graphql, openapi, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.command == Some(Command::PrintSchema) {
-        print!("{}", graphql::sdl());
-        return ExitCode::SUCCESS;
+    let command = cli.command.unwrap_or(Command::Serve);
+    match command {
+        Command::PrintSchema => {
+            print!("{}", graphql::sdl());
+            return ExitCode::SUCCESS;
+        }
+        Command::PrintOpenapi => {
+            println!("{}", openapi::json());
+            return ExitCode::SUCCESS;
+        }
+        Command::Serve | Command::Migrate | Command::Check => {}
     }
     telemetry::init(cli.config.log_format);
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(command, cli.config) {
+        Ok(code) => code,
         Err(message) => {
             tracing::error!("{message}");
             ExitCode::FAILURE
@@ -23,65 +31,108 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    let mut config = cli.config;
+fn run(command: Command, mut config: Config) -> Result<ExitCode, String> {
     // Started on the main thread, before the runtime: the private server is tied to
     // this thread's life (see `db::embedded`), so it goes down with the process.
     let mut embedded = None;
     if config.database_url.is_none() {
-        let data_dir = std::path::absolute(&config.data_dir).map_err(|err| err.to_string())?;
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|err| format!("{}: {err}", data_dir.display()))?;
-        let server = EmbeddedPostgres::start(&EmbeddedOptions {
-            data_dir: data_dir.join("postgres"),
-            log_file: data_dir.join("postgres.log"),
-            durable: true,
-            bin_dir: None,
-        })
-        .map_err(|err| err.to_string())?;
-        tracing::info!(
-            data_dir = %server.data_dir().display(),
-            port = server.port(),
-            "started private PostgreSQL (DATABASE_URL is not set)"
-        );
+        let server = start_private_postgres(&config)?;
         config.database_url = Some(Secret::new(server.url("postgres")));
         embedded = Some(server);
     }
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|err| err.to_string())?;
-    let result = runtime.block_on(async move {
-        let database_url = config.database_url.clone().expect("set above");
-        let statements = db::StatementCounter::default();
-        let pool = db::pool(
-            database_url.expose(),
-            &config.pool_settings(),
-            statements.clone(),
-        )?;
-        let applied = db::run_migrations(&pool)
-            .await
-            .map_err(|err| err.to_string())?;
-        tracing::info!(applied, "migrations up to date");
-        if cli.command == Some(Command::Migrate) {
-            return Ok(());
-        }
-        let (listener, address) = app::bind(&config)
-            .await
-            .map_err(|err| format!("could not listen on {}:{}: {err}", config.host, config.port))?;
-        tracing::info!(%address, "listening: POST http://{address}/identify");
-        let state = app::AppState::new(pool.clone(), statements, config);
-        app::serve(listener, state, app::shutdown_signal())
-            .await
-            .map_err(|err| err.to_string())?;
-        pool.close();
-        Ok(())
-    });
+    let result = runtime.block_on(run_async(command, config));
     drop(runtime);
     if let Some(mut server) = embedded {
         server.stop();
         tracing::info!("private PostgreSQL stopped");
     }
     result
+}
+
+fn start_private_postgres(config: &Config) -> Result<EmbeddedPostgres, String> {
+    let data_dir = std::path::absolute(&config.data_dir).map_err(|err| err.to_string())?;
+    std::fs::create_dir_all(&data_dir).map_err(|err| format!("{}: {err}", data_dir.display()))?;
+    let server = EmbeddedPostgres::start(&EmbeddedOptions {
+        data_dir: data_dir.join("postgres"),
+        log_file: data_dir.join("postgres.log"),
+        durable: true,
+        bin_dir: None,
+        port: None,
+    })
+    .map_err(|err| err.to_string())?;
+    tracing::info!(
+        data_dir = %server.data_dir().display(),
+        port = server.port(),
+        "started private PostgreSQL (DATABASE_URL is not set)"
+    );
+    Ok(server)
+}
+
+async fn run_async(command: Command, config: Config) -> Result<ExitCode, String> {
+    let database_url = config.database_url.clone().expect("resolved by the caller");
+    let statements = db::StatementCounter::default();
+    let pool = db::pool(
+        database_url.expose(),
+        &config.pool_settings(),
+        statements.clone(),
+    )?;
+    if command == Command::Check {
+        return check(&pool).await;
+    }
+    let applied = db::run_migrations(&pool)
+        .await
+        .map_err(|err| err.to_string())?;
+    tracing::info!(applied, "migrations up to date");
+    if command == Command::Migrate {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (listener, address) = app::bind(&config)
+        .await
+        .map_err(|err| format!("could not listen on {}:{}: {err}", config.host, config.port))?;
+    tracing::info!(%address, "listening: POST http://{address}/identify, GraphiQL at http://{address}/graphql");
+    let state = app::AppState::new(pool.clone(), statements, config);
+    app::serve(listener, state, app::shutdown_signal())
+        .await
+        .map_err(|err| err.to_string())?;
+    pool.close();
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints one line per invariant; fails when any is violated.
+async fn check(pool: &db::DbPool) -> Result<ExitCode, String> {
+    let mut connection = pool.get().await.map_err(|err| err.to_string())?;
+    let started = std::time::Instant::now();
+    let reports = db::invariants::check(&mut connection)
+        .await
+        .map_err(|err| err.to_string())?;
+    let mut violations = 0;
+    for report in &reports {
+        violations += report.violations;
+        let verdict = if report.violations == 0 {
+            "ok"
+        } else {
+            "VIOLATED"
+        };
+        println!(
+            "{verdict:>8}  {}: {} violation(s)",
+            report.invariant, report.violations
+        );
+        for example in &report.examples {
+            println!("          e.g. {example}");
+        }
+    }
+    println!(
+        "checked in {:.2}s: {violations} violation(s) in total",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::db::{DbPool, contacts};
 use crate::domain::{Contact, Decision, IdentifyRequest, Identity, Outcome, decide};
+use crate::metrics::Metrics;
 
 /// A commit can still race under pathological contention; after this many attempts
 /// the caller gets a retryable "unavailable" instead of an endless loop.
@@ -38,6 +39,8 @@ const MAX_ATTEMPTS: u32 = 16;
 pub struct Identified {
     pub identity: Identity,
     pub outcome: Outcome,
+    /// How many primaries this call turned secondary.
+    pub merged_primaries: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +94,23 @@ impl From<diesel::result::Error> for AttemptError {
 ///
 /// The work runs in its own task: a client that hangs up mid-request must not cancel
 /// a transaction half way and hand a connection with an open transaction back to the pool.
-pub async fn identify(pool: &DbPool, request: IdentifyRequest) -> Result<Identified, ServiceError> {
+pub async fn identify(
+    pool: &DbPool,
+    metrics: &Metrics,
+    request: IdentifyRequest,
+) -> Result<Identified, ServiceError> {
+    let result = identify_to_completion(pool, request).await;
+    if let Ok(identified) = &result {
+        metrics.observe_identify(identified.outcome, identified.merged_primaries);
+        tracing::Span::current().record("outcome", identified.outcome.as_str());
+    }
+    result
+}
+
+async fn identify_to_completion(
+    pool: &DbPool,
+    request: IdentifyRequest,
+) -> Result<Identified, ServiceError> {
     let pool = pool.clone();
     let span = tracing::info_span!("identify", outcome = tracing::field::Empty, attempts = 1);
     let task = tokio::spawn(
@@ -193,9 +212,14 @@ async fn identify_once(
             Identity::from_members(merge.primary_id, merge.apply(members, inserted))
         }
     };
+    let merged_primaries = match &decision {
+        Decision::Merge(merge) => merge.demoted_primary_ids.len(),
+        Decision::NewPrimary => 0,
+    };
     Ok(Identified {
         identity,
         outcome: decision.outcome(),
+        merged_primaries,
     })
 }
 

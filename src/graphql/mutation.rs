@@ -28,7 +28,7 @@ impl MutationRoot {
         let request = IdentifyRequest::parse(input.email.as_deref(), input.phone_number.as_deref())
             .map_err(bad_input)?;
         let state = ctx.data_unchecked::<AppState>();
-        let identified = service::identify(&state.pool, request)
+        let identified = service::identify(&state.pool, &state.metrics, request)
             .await
             .map_err(|err| service_error(&err))?;
         Ok(IdentityNode(identified.identity))

@@ -9,11 +9,16 @@ use crate::app::AppState;
 use crate::db;
 
 /// Alive: the process answers HTTP. Says nothing about the database.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = Object)))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready: the database answers and every migration is applied.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready to serve", body = Object),
+    (status = 503, description = "Database unreachable or migrations pending", body = Object)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let check = async {
         let mut connection = state.pool.get().await.map_err(|err| err.to_string())?;

@@ -7,26 +7,68 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::domain::{Email, Field, IdentifyRequest, Identity, InputError, Phone};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::service;
 
+/// The request body, as documented; parsing is done by hand in [`parse_body`] so
+/// that every kind of bad input gets a message naming its field.
+#[derive(Debug, ToSchema)]
+#[schema(title = "IdentifyRequest")]
+#[allow(dead_code)]
+pub struct IdentifyRequestBody {
+    /// An email address; trimmed and lower-cased. Empty or null counts as absent.
+    #[schema(nullable, max_length = 254, example = "mcfly@hillvalley.edu")]
+    email: Option<String>,
+    /// A phone number as a string or a non-negative integer. Spaces, dashes, dots
+    /// and parentheses are dropped; a leading `+` is kept; 1 to 20 digits.
+    #[schema(schema_with = phone_number_schema)]
+    #[serde(rename = "phoneNumber")]
+    phone_number: Option<String>,
+}
+
+fn phone_number_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .examples(["123456"]),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .build(),
+    )
+}
+
 /// The answer body; `primaryContatctId` (sic) is the seed's spelling and stays.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct IdentifyResponse {
     pub contact: IdentityBody,
 }
 
-#[derive(Debug, Serialize)]
+/// One customer identity.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IdentityBody {
+    /// The primary contact's id, in the seed's original spelling.
     #[serde(rename = "primaryContatctId")]
     pub primary_contatct_id: i32,
+    /// The same id, spelt right.
     pub primary_contact_id: i32,
+    /// Distinct emails: the primary's first, then in contact order.
     pub emails: Vec<String>,
+    /// Distinct phone numbers: the primary's first, then in contact order.
     pub phone_numbers: Vec<String>,
+    /// Secondary contact ids in contact order.
     pub secondary_contact_ids: Vec<i32>,
 }
 
@@ -52,6 +94,24 @@ impl From<Identity> for IdentifyResponse {
     }
 }
 
+/// Links an order's contact details into one customer identity and returns it.
+#[utoipa::path(
+    post,
+    path = "/identify",
+    request_body(content = IdentifyRequestBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The merged identity", body = IdentifyResponse),
+        (status = 400, description = "Invalid input; `field` names the culprit", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit", body = ErrorBody),
+        (status = 415, description = "Body not sent as JSON", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "Internal error, without details", body = ErrorBody),
+        (status = 503, description = "Database unavailable or request timed out; see Retry-After",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    tag = "identify"
+)]
 pub async fn identify(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -73,7 +133,7 @@ pub async fn identify(
         }
     })?;
     let request = parse_body(&body)?;
-    let identified = service::identify(&state.pool, request).await?;
+    let identified = service::identify(&state.pool, &state.metrics, request).await?;
     Ok(Json(identified.identity.into()))
 }
 
