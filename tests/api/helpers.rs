@@ -55,6 +55,7 @@ fn start_private_server() -> String {
                         log_file: dir.join("postgres.log"),
                         durable: false,
                         bin_dir: None,
+                        port: None,
                     })
                     .map_err(|err| err.to_string())
                 });
@@ -110,6 +111,67 @@ fn with_database(url: &str, database: &str) -> String {
     }
 }
 
+/// A fresh, migrated database on the test server, dropped when this is dropped.
+pub struct TestDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let server = test_server();
+        let name = format!(
+            "ir_test_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut admin = AsyncPgConnection::establish(&server.admin_url)
+            .await
+            .expect("connect to the test server");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        drop(admin);
+        let url = with_database(&server.admin_url, &name);
+        let pool = db::pool(
+            &url,
+            &db::PoolSettings::default(),
+            StatementCounter::default(),
+        )
+        .expect("build a pool");
+        db::run_migrations(&pool)
+            .await
+            .expect("migrate the test database");
+        pool.close();
+        TestDatabase { url, name }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin_url = test_server().admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a
+        // thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(mut admin) = AsyncPgConnection::establish(&admin_url).await {
+                    let _ = admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 pub struct TestApp {
     pub address: SocketAddr,
     pub client: reqwest::Client,
@@ -117,7 +179,8 @@ pub struct TestApp {
     /// Statements sent through the application's pool; the helpers below use that
     /// pool too, so read it only around the requests being counted.
     pub statements: StatementCounter,
-    database: String,
+    /// `None` for an app pointed at an unreachable database.
+    pub database: Option<TestDatabase>,
 }
 
 /// Starts the application over a fresh database.
@@ -127,23 +190,23 @@ pub async fn spawn_app() -> TestApp {
 
 /// Like [`spawn_app`], with extra command-line flags for the server's configuration.
 pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let server = test_server();
-    let database = format!(
-        "ir_test_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    );
-    let mut admin = AsyncPgConnection::establish(&server.admin_url)
-        .await
-        .expect("connect to the test server");
-    admin
-        .batch_execute(&format!("CREATE DATABASE {database}"))
-        .await
-        .expect("create the test database");
-    drop(admin);
+    let database = TestDatabase::create().await;
+    let url = database.url.clone();
+    start_app(&url, Some(database), flags).await
+}
 
-    let url = with_database(&server.admin_url, &database);
+/// The application pointed at a port where no database listens.
+pub async fn spawn_app_without_database() -> TestApp {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://postgres@127.0.0.1:{closed_port}/nowhere");
+    start_app(&url, None, &["--db-acquire-timeout-ms", "500"]).await
+}
+
+async fn start_app(url: &str, database: Option<TestDatabase>, flags: &[&str]) -> TestApp {
     let mut args = vec![
         "test",
         "--host",
@@ -155,13 +218,9 @@ pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     ];
     args.extend_from_slice(flags);
     let mut config = Cli::try_parse_from(args).expect("test flags parse").config;
-    config.database_url = Some(Secret::new(url.clone()));
-
+    config.database_url = Some(Secret::new(url.to_owned()));
     let statements = StatementCounter::default();
-    let pool = db::pool(&url, &config.pool_settings(), statements.clone()).expect("build the pool");
-    db::run_migrations(&pool)
-        .await
-        .expect("migrate the test database");
+    let pool = db::pool(url, &config.pool_settings(), statements.clone()).expect("build the pool");
     let (listener, address) = app::bind(&config).await.expect("bind a free port");
     let state = AppState::new(pool.clone(), statements.clone(), config);
     tokio::spawn(app::serve(listener, state, std::future::pending()));
@@ -177,24 +236,6 @@ pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.pool.close();
-        let admin_url = test_server().admin_url.clone();
-        let database = self.database.clone();
-        // Drop runs inside the test's runtime, which cannot be blocked on: use a
-        // thread with a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok(mut admin) = AsyncPgConnection::establish(&admin_url).await {
-                    let _ = admin
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
     }
 }
 

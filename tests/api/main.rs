@@ -6,4 +6,5 @@ mod concurrency;
 mod graphql;
 mod helpers;
 mod identify;
+mod operations;
 mod validation;
