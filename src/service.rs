@@ -13,17 +13,24 @@
 //!    match and the lock), the attempt rolls back and starts over, so every row
 //!    lock of an attempt is taken in one statement, in id order, and attempts cannot
 //!    deadlock one another;
-//! 4. the members are loaded after the locks, so they include every row committed
-//!    by the transactions we waited for; nothing can join them until we commit,
-//!    because joining needs either a value lock or a primary lock we hold.
+//! 4. the members are loaded by a later statement than the locks, so they include
+//!    every row committed by the transactions we waited for; nothing can join them
+//!    until we commit, because joining needs a value lock or a primary lock we hold.
+//!    The loaded identities must be exactly the locked ones, or the attempt starts over.
 //!
-//! The decision is the pure [`decide`]; the answer is built from the locked state plus
-//! our own changes, without reading it back.
+//! The three statements of steps 1, 2 and 4 are pipelined: sent at once, executed by
+//! PostgreSQL in the order sent (diesel-async hands them to tokio-postgres in the
+//! order `try_join3` first polls them), each on its own snapshot. The writes (re-link
+//! and insert) are pipelined too. The decision is the pure [`decide`]; the answer is
+//! built from the locked state plus our own changes, without reading it back.
 //!
-//! Round trips on the common paths: BEGIN, value locks, primary locks, members
-//! (skipped when nothing matched), at most two writes, COMMIT.
+//! Round trips: BEGIN, the three reads, the writes (none for a repeat request),
+//! COMMIT — three or four, whatever the path.
+
+use std::collections::BTreeSet;
 
 use diesel_async::AsyncConnection;
+use futures_util::future::{try_join, try_join3};
 use tracing::Instrument;
 
 use crate::db::{DbPool, contacts};
@@ -175,22 +182,30 @@ async fn identify_once(
     conn: &mut diesel_async::AsyncPgConnection,
     request: &IdentifyRequest,
 ) -> Result<Identified, AttemptError> {
+    // A shared borrow lets independent statements be pipelined: sent together, run
+    // by PostgreSQL one after the other in the order sent, each on a fresh snapshot.
+    let conn: &diesel_async::AsyncPgConnection = conn;
     let (email, phone) = (request.email(), request.phone());
-    contacts::lock_values(conn, email, phone).await?;
-    let primaries = contacts::lock_matched_primaries(conn, email, phone).await?;
+    let ((), primaries, members) = try_join3(
+        contacts::lock_values(conn, email, phone),
+        contacts::lock_matched_primaries(conn, email, phone),
+        contacts::load_members_matching(conn, email, phone),
+    )
+    .await?;
+    // A merge that committed between the match and the lock demoted a primary we
+    // locked: start over rather than act on a stale picture.
     if primaries.iter().any(|primary| primary.linked_id.is_some()) {
         return Err(AttemptError::Raced);
     }
-    let members: Vec<Contact> = if primaries.is_empty() {
-        Vec::new()
-    } else {
-        let primary_ids: Vec<i32> = primaries.iter().map(|primary| primary.id).collect();
-        contacts::load_members(conn, &primary_ids)
-            .await?
-            .into_iter()
-            .map(Contact::from)
-            .collect()
-    };
+    let locked: BTreeSet<i32> = primaries.iter().map(|primary| primary.id).collect();
+    let loaded: BTreeSet<i32> = members
+        .iter()
+        .map(|member| member.linked_id.unwrap_or(member.id))
+        .collect();
+    if locked != loaded {
+        return Err(AttemptError::Raced);
+    }
+    let members: Vec<Contact> = members.into_iter().map(Contact::from).collect();
 
     let decision = decide(request, &members);
     let identity = match &decision {
@@ -199,16 +214,21 @@ async fn identify_once(
             Identity::from_members(row.id, vec![row])
         }
         Decision::Merge(merge) => {
-            if !merge.demoted_primary_ids.is_empty() {
-                contacts::merge_into(conn, merge.primary_id, &merge.demoted_primary_ids).await?;
-            }
-            let inserted = if merge.add_secondary {
-                let row =
-                    contacts::insert_contact(conn, email, phone, Some(merge.primary_id)).await?;
-                Some(Contact::from(row))
-            } else {
-                None
+            let relink = async {
+                if merge.demoted_primary_ids.is_empty() {
+                    return Ok(0);
+                }
+                contacts::merge_into(conn, merge.primary_id, &merge.demoted_primary_ids).await
             };
+            let insert = async {
+                if !merge.add_secondary {
+                    return Ok(None);
+                }
+                contacts::insert_contact(conn, email, phone, Some(merge.primary_id))
+                    .await
+                    .map(|row| Some(Contact::from(row)))
+            };
+            let (_, inserted) = try_join(relink, insert).await?;
             Identity::from_members(merge.primary_id, merge.apply(members, inserted))
         }
     };
@@ -243,18 +263,19 @@ pub async fn lookup(
     pool: &DbPool,
     request: &IdentifyRequest,
 ) -> Result<Option<Identity>, LookupError> {
-    let mut conn = pool.get().await.map_err(ServiceError::from)?;
-    let primary_ids = contacts::matched_primary_ids(&mut conn, request.email(), request.phone())
+    let conn = pool.get().await.map_err(ServiceError::from)?;
+    let members = contacts::load_members_matching(&conn, request.email(), request.phone())
         .await
         .map_err(ServiceError::from)?;
-    let primary_id = match primary_ids.as_slice() {
+    let primary_ids: BTreeSet<i32> = members
+        .iter()
+        .map(|m| m.linked_id.unwrap_or(m.id))
+        .collect();
+    let primary_id = match primary_ids.iter().collect::<Vec<_>>().as_slice() {
         [] => return Ok(None),
-        [primary_id] => *primary_id,
-        [first, second, ..] => return Err(LookupError::Ambiguous(*first, *second)),
+        [primary_id] => **primary_id,
+        [first, second, ..] => return Err(LookupError::Ambiguous(**first, **second)),
     };
-    let members = contacts::load_members(&mut conn, &[primary_id])
-        .await
-        .map_err(ServiceError::from)?;
     Ok(Some(Identity::from_members(
         primary_id,
         members.into_iter().map(Contact::from).collect(),

@@ -42,7 +42,7 @@ impl From<ContactRecord> for Contact {
 /// requests with the same two values cannot deadlock. The keys are hashed by
 /// PostgreSQL, not by us, so every server build agrees on them.
 pub async fn lock_values(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     email: Option<&Email>,
     phone: Option<&Phone>,
 ) -> QueryResult<()> {
@@ -53,7 +53,7 @@ pub async fn lock_values(
     )
     .bind::<Nullable<Text>, _>(email.map(Email::as_str))
     .bind::<Nullable<Text>, _>(phone.map(Phone::as_str))
-    .execute(conn)
+    .execute(&mut conn)
     .await?;
     Ok(())
 }
@@ -65,7 +65,7 @@ pub async fn lock_values(
 /// once locked: a primary that a concurrent merge demoted comes back with a
 /// `linked_id`, which tells the caller to start over.
 pub async fn lock_matched_primaries(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     email: Option<&Email>,
     phone: Option<&Phone>,
 ) -> QueryResult<Vec<ContactRecord>> {
@@ -80,13 +80,13 @@ pub async fn lock_matched_primaries(
     )
     .bind::<Nullable<Text>, _>(email.map(Email::as_str))
     .bind::<Nullable<Text>, _>(phone.map(Phone::as_str))
-    .load(conn)
+    .load(&mut conn)
     .await
 }
 
 /// Every live contact of the identities headed by `primary_ids`, in contact order.
 pub async fn load_members(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     primary_ids: &[i32],
 ) -> QueryResult<Vec<ContactRecord>> {
     diesel::sql_query(
@@ -96,7 +96,7 @@ pub async fn load_members(
          ORDER BY created_at, id",
     )
     .bind::<Array<Int4>, _>(primary_ids)
-    .load(conn)
+    .load(&mut conn)
     .await
 }
 
@@ -106,7 +106,7 @@ pub async fn load_members(
 /// a transaction that waited for a lock must not stamp its row older than rows
 /// committed while it waited, or "the primary is the oldest contact" would break.
 pub async fn insert_contact(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     email: Option<&Email>,
     phone: Option<&Phone>,
     linked_id: Option<i32>,
@@ -127,7 +127,7 @@ pub async fn insert_contact(
     .bind::<Nullable<Text>, _>(phone.map(Phone::as_str))
     .bind::<Nullable<Int4>, _>(linked_id)
     .bind::<Text, _>(precedence)
-    .get_result(conn)
+    .get_result(&mut conn)
     .await
 }
 
@@ -135,7 +135,7 @@ pub async fn insert_contact(
 /// secondaries (soft-deleted ones included, so no link is ever two levels deep)
 /// to `primary_id`. Returns the number of rows changed.
 pub async fn merge_into(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     primary_id: i32,
     demoted: &[i32],
 ) -> QueryResult<usize> {
@@ -146,45 +146,47 @@ pub async fn merge_into(
     )
     .bind::<Int4, _>(primary_id)
     .bind::<Array<Int4>, _>(demoted)
-    .execute(conn)
+    .execute(&mut conn)
     .await
 }
 
 /// Live contacts with these ids (missing and soft-deleted ids are left out).
 pub async fn find_by_ids(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     ids: &[i32],
 ) -> QueryResult<Vec<ContactRecord>> {
     contacts::table
         .filter(contacts::id.eq_any(ids))
         .filter(contacts::deleted_at.is_null())
         .select(ContactRecord::as_select())
-        .load(conn)
+        .load(&mut conn)
         .await
 }
 
-/// The primary ids of the live identities holding the email or the phone; reads
-/// only, takes no lock.
-pub async fn matched_primary_ids(
-    conn: &mut AsyncPgConnection,
+/// Every live member of every identity holding the email or the phone, in contact
+/// order. Takes no lock: under the locks of [`lock_values`] and
+/// [`lock_matched_primaries`], taken by earlier statements of the same transaction,
+/// it sees the identities as they are locked.
+pub async fn load_members_matching(
+    mut conn: &AsyncPgConnection,
     email: Option<&Email>,
     phone: Option<&Phone>,
-) -> QueryResult<Vec<i32>> {
-    #[derive(QueryableByName)]
-    struct PrimaryId {
-        #[diesel(sql_type = Int4)]
-        primary_id: i32,
-    }
-    let rows: Vec<PrimaryId> = diesel::sql_query(
-        "SELECT DISTINCT coalesce(linked_id, id) AS primary_id FROM contacts \
-         WHERE deleted_at IS NULL AND (email = $1 OR phone_number = $2) \
-         ORDER BY 1",
+) -> QueryResult<Vec<ContactRecord>> {
+    diesel::sql_query(
+        "WITH primaries AS ( \
+             SELECT DISTINCT coalesce(linked_id, id) AS id FROM contacts \
+             WHERE deleted_at IS NULL AND (email = $1 OR phone_number = $2)) \
+         SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
+         FROM contacts c JOIN primaries p ON c.id = p.id WHERE c.deleted_at IS NULL \
+         UNION ALL \
+         SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
+         FROM contacts c JOIN primaries p ON c.linked_id = p.id WHERE c.deleted_at IS NULL \
+         ORDER BY created_at, id",
     )
     .bind::<Nullable<Text>, _>(email.map(Email::as_str))
     .bind::<Nullable<Text>, _>(phone.map(Phone::as_str))
-    .load(conn)
-    .await?;
-    Ok(rows.into_iter().map(|row| row.primary_id).collect())
+    .load(&mut conn)
+    .await
 }
 
 /// Which contacts a page lists; every given criterion must hold.
@@ -200,7 +202,7 @@ pub struct ContactFilter {
 
 /// Up to `limit` live contacts matching `filter` with an id above `after`, by id.
 pub async fn page(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     filter: &ContactFilter,
     after: Option<i32>,
     limit: i64,
@@ -233,5 +235,5 @@ pub async fn page(
     if let Some(after) = after {
         query = query.filter(contacts::id.gt(after));
     }
-    query.load(conn).await
+    query.load(&mut conn).await
 }

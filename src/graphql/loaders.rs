@@ -26,8 +26,8 @@ impl Loader<i32> for ContactLoader {
     type Error = Arc<ServiceError>;
 
     async fn load(&self, ids: &[i32]) -> Result<HashMap<i32, ContactRecord>, Self::Error> {
-        let mut conn = self.pool.get().await.map_err(|err| Arc::new(err.into()))?;
-        let rows = contacts::find_by_ids(&mut conn, ids)
+        let conn = self.pool.get().await.map_err(|err| Arc::new(err.into()))?;
+        let rows = contacts::find_by_ids(&conn, ids)
             .await
             .map_err(|err| Arc::new(err.into()))?;
         Ok(rows.into_iter().map(|row| (row.id, row)).collect())
@@ -53,8 +53,8 @@ impl Loader<i32> for MembersLoader {
         &self,
         primary_ids: &[i32],
     ) -> Result<HashMap<i32, Vec<ContactRecord>>, Self::Error> {
-        let mut conn = self.pool.get().await.map_err(|err| Arc::new(err.into()))?;
-        let rows = contacts::load_members(&mut conn, primary_ids)
+        let conn = self.pool.get().await.map_err(|err| Arc::new(err.into()))?;
+        let rows = contacts::load_members(&conn, primary_ids)
             .await
             .map_err(|err| Arc::new(err.into()))?;
         let mut members: HashMap<i32, Vec<ContactRecord>> = HashMap::new();

@@ -100,13 +100,13 @@ impl QueryRoot {
         let filter = filter.unwrap_or_default().parse()?;
 
         let state = ctx.data_unchecked::<AppState>();
-        let mut conn = state
+        let conn = state
             .pool
             .get()
             .await
             .map_err(|err| service_error(&ServiceError::from(err)))?;
         // One row more than asked tells whether another page follows.
-        let mut rows = contacts::page(&mut conn, &filter, after, i64::from(first) + 1)
+        let mut rows = contacts::page(&conn, &filter, after, i64::from(first) + 1)
             .await
             .map_err(|err| service_error(&ServiceError::from(err)))?;
         let has_next_page = rows.len() > first as usize;

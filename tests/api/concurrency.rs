@@ -1,6 +1,7 @@
 //! Invariants I1–I5 under concurrent requests (SPEC §4).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{Value, json};
@@ -169,4 +170,77 @@ async fn a_random_concurrent_mix_matches_the_union_find_model() {
     }
     let stored: BTreeSet<BTreeSet<String>> = app.identities().await.into_values().collect();
     assert_eq!(stored, model_partition(&requests));
+}
+
+/// A merge that commits while a request waits for a primary's lock demotes that
+/// primary under it: the request must start over and lock the new primary, not
+/// write into an identity whose primary it never locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_demoted_while_waiting_for_its_lock_is_not_trusted() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+
+    let app = spawn_app().await;
+    app.identify(Some("a@x.io"), Some("1")).await; // 1: X, the oldest
+    app.identify(Some("b@x.io"), Some("2")).await; // 2: Y
+    app.identify(Some("c@x.io"), Some("3")).await; // 3: Z
+    let url = app.database.as_ref().unwrap().url.clone();
+
+    // Someone holds Y's primary, so the bridge (c, 2) of Z and Y will wait for it.
+    let mut merger = AsyncPgConnection::establish(&url).await.unwrap();
+    merger
+        .batch_execute("BEGIN; SELECT id FROM contacts WHERE id = 2 FOR UPDATE")
+        .await
+        .unwrap();
+    let bridge = tokio::spawn({
+        let client = app.client.clone();
+        let url = app.url("/identify");
+        async move {
+            let response = client
+                .post(url)
+                .json(&json!({"email": "c@x.io", "phoneNumber": "2"}))
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !bridge.is_finished(),
+        "the bridge did not wait for Y's lock"
+    );
+
+    // Meanwhile Y is merged into X, and X is held by another transaction (in a mode
+    // that a foreign-key check would not wait for).
+    let mut holder = AsyncPgConnection::establish(&url).await.unwrap();
+    holder
+        .batch_execute("BEGIN; SELECT id FROM contacts WHERE id = 1 FOR NO KEY UPDATE")
+        .await
+        .unwrap();
+    merger
+        .batch_execute(
+            "UPDATE contacts SET linked_id = 1, link_precedence = 'secondary' WHERE id = 2; COMMIT",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !bridge.is_finished(),
+        "the bridge wrote into X without holding X's primary"
+    );
+
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (status, answer) = bridge.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["contact"]["primaryContactId"], 1);
+    assert_eq!(
+        answer["contact"]["emails"],
+        json!(["a@x.io", "b@x.io", "c@x.io"])
+    );
+    assert_eq!(answer["contact"]["secondaryContactIds"], json!([2, 3]));
+    assert_eq!(app.identities().await.len(), 1);
+    app.assert_invariants().await;
 }
