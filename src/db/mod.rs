@@ -106,19 +106,37 @@ pub fn pool(
 
 /// Applies every pending migration; returns how many ran.
 pub async fn run_migrations(pool: &DbPool) -> Result<usize, MigrationError> {
-    let connection = pool.get().await.map_err(MigrationError::Connect)?;
+    use diesel_async::SimpleAsyncConnection;
+
+    let mut connection = pool.get().await.map_err(MigrationError::Connect)?;
+    // Servers starting together on a fresh database would otherwise race to create
+    // the same objects; the loser fails on a unique violation in the catalogue.
+    connection
+        .batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+        .await
+        .map_err(|err| MigrationError::Apply(err.to_string()))?;
     // The harness drives diesel's synchronous migration code; keep it off the
     // async worker threads.
-    tokio::task::spawn_blocking(move || {
+    let (mut connection, applied) = tokio::task::spawn_blocking(move || {
         let mut harness = AsyncMigrationHarness::new(connection);
-        harness
+        let applied = harness
             .run_pending_migrations(MIGRATIONS)
             .map(|versions| versions.len())
-            .map_err(|err| MigrationError::Apply(err.to_string()))
+            .map_err(|err| MigrationError::Apply(err.to_string()));
+        (harness.into_inner(), applied)
     })
     .await
-    .map_err(|err| MigrationError::Apply(err.to_string()))?
+    .map_err(|err| MigrationError::Apply(err.to_string()))?;
+    connection
+        .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+        .await
+        .map_err(|err| MigrationError::Apply(err.to_string()))?;
+    applied
 }
+
+/// Session advisory lock held while migrating. Should it ever equal the hash of a
+/// value, the only cost is a request waiting for a migration.
+const MIGRATION_LOCK_KEY: i64 = 0x6964_656e_7469_7479; // "identity"
 
 /// Whether every embedded migration has been applied to the database.
 pub async fn migrations_applied(

@@ -119,6 +119,22 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub async fn create() -> TestDatabase {
+        let database = Self::create_empty().await;
+        let pool = db::pool(
+            &database.url,
+            &db::PoolSettings::default(),
+            StatementCounter::default(),
+        )
+        .expect("build a pool");
+        db::run_migrations(&pool)
+            .await
+            .expect("migrate the test database");
+        pool.close();
+        database
+    }
+
+    /// A database with nothing in it, not even the migrations.
+    pub async fn create_empty() -> TestDatabase {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let server = test_server();
         let name = format!(
@@ -135,16 +151,6 @@ impl TestDatabase {
             .expect("create the test database");
         drop(admin);
         let url = with_database(&server.admin_url, &name);
-        let pool = db::pool(
-            &url,
-            &db::PoolSettings::default(),
-            StatementCounter::default(),
-        )
-        .expect("build a pool");
-        db::run_migrations(&pool)
-            .await
-            .expect("migrate the test database");
-        pool.close();
         TestDatabase { url, name }
     }
 }

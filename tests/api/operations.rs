@@ -456,3 +456,24 @@ async fn the_check_command_reports_violations() {
         "raw emails in the report: {report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_starting_together_migrate_once() {
+    use identity_reconciliation::db::{self, PoolSettings, StatementCounter};
+
+    let database = TestDatabase::create_empty().await;
+    let migrations = (0..4).map(|_| {
+        let url = database.url.clone();
+        tokio::spawn(async move {
+            let pool =
+                db::pool(&url, &PoolSettings::default(), StatementCounter::default()).unwrap();
+            db::run_migrations(&pool).await
+        })
+    });
+    let applied: Vec<usize> = futures::future::join_all(migrations)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap().expect("a migration run failed"))
+        .collect();
+    assert_eq!(applied.iter().sum::<usize>(), 1, "{applied:?}");
+}
