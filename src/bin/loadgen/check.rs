@@ -1,0 +1,704 @@
+//! The model check behind `--database-url`: after the load, read this run's live
+//! contacts from PostgreSQL and hold them against what the run sent and was told.
+//!
+//! Two union-find models bracket the truth. Requests that got a 200 certainly
+//! committed, so values acknowledged together must share one identity. Requests that
+//! failed or timed out may or may not have committed, so every identity must lie
+//! within what *all* requests that reached the server linked. With no failures the
+//! two models coincide and the database must equal them exactly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls};
+
+use crate::model::{ModelLog, Node, UnionFind, request_nodes};
+use crate::report::{Check, error_chain};
+use crate::workload::{Request, RunId};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keys per `= ANY($1)` array: few round trips, yet statements of a sane size.
+const CHUNK: usize = 10_000;
+
+/// How many members of a group an example names.
+const NAMED_MEMBERS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    #[error("no connection to the database within {} s", CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout,
+    #[error("a database query failed: {0}")]
+    Query(String),
+    #[error(
+        "the database already holds {contacts} contact(s) with values of run id {run_id}, \
+         which would confuse the model check; pass another --run-id"
+    )]
+    RunIdTaken { run_id: RunId, contacts: i64 },
+    #[error("interrupted by Ctrl-C")]
+    Interrupted,
+}
+
+fn query_failed(err: tokio_postgres::Error) -> CheckError {
+    CheckError::Query(error_chain(&err))
+}
+
+async fn connect(url: &str) -> Result<Client, CheckError> {
+    let (client, connection) =
+        tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, NoTls))
+            .await
+            .map_err(|_| CheckError::ConnectTimeout)?
+            .map_err(|err| CheckError::Connect(error_chain(&err)))?;
+    // A broken connection fails the next query, which reports it.
+    tokio::spawn(async move { connection.await.ok() });
+    Ok(client)
+}
+
+/// Before the load: the database is reachable and holds no values of this run, so
+/// that whatever the check finds afterwards came from this run.
+pub async fn preflight(url: &str, run_id: RunId) -> Result<(), CheckError> {
+    let client = connect(url).await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM contacts WHERE email LIKE $1 OR phone_number LIKE $2",
+            &[&run_id.email_pattern(), &run_id.phone_pattern()],
+        )
+        .await
+        .map_err(query_failed)?;
+    let contacts: i64 = row.try_get(0).map_err(query_failed)?;
+    if contacts > 0 {
+        return Err(CheckError::RunIdTaken { run_id, contacts });
+    }
+    Ok(())
+}
+
+/// After the load: loads this run's identities and runs every check on them.
+pub async fn run(url: &str, run_id: RunId, log: ModelLog) -> Result<ModelCheck, CheckError> {
+    let client = connect(url).await?;
+    let loaded = load(&client, run_id, &log).await?;
+    Ok(evaluate(run_id, log, loaded))
+}
+
+/// What the check found.
+#[derive(Debug, Serialize)]
+pub struct ModelCheck {
+    pub passed: bool,
+    /// Live contacts of this run's identities.
+    pub contacts: usize,
+    pub identities: usize,
+    pub partition: Partition,
+    pub checks: Vec<Check>,
+}
+
+/// How the database's identities compare with the models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partition {
+    /// Exactly the model's: every request that reached the server was acknowledged.
+    Equal,
+    /// Within the bounds: some requests failed and may or may not have committed.
+    Between,
+    /// Outside the bounds; the failed checks say where.
+    Differs,
+}
+
+impl fmt::Display for ModelCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "model check ({} live contacts in {} identities)",
+            self.contacts, self.identities
+        )?;
+        for check in &self.checks {
+            write!(f, "{check}")?;
+        }
+        let partition = match self.partition {
+            Partition::Equal => "the database's identities equal the model's exactly",
+            Partition::Between => {
+                "the database's identities lie between the model of acknowledged requests \
+                 and the model of all sent ones (failed requests may or may not have committed)"
+            }
+            Partition::Differs => "the database's identities break the model (see above)",
+        };
+        writeln!(f, "  partition: {partition}")
+    }
+}
+
+/// A live contact row.
+struct Row {
+    id: i32,
+    email: Option<String>,
+    phone: Option<String>,
+    linked_id: Option<i32>,
+    created_at: DateTime<Utc>,
+}
+
+impl Row {
+    /// The identity the row belongs to, as its link says.
+    fn identity(&self) -> i32 {
+        self.linked_id.unwrap_or(self.id)
+    }
+
+    /// Its values as nodes; `Err` names a value this run never generates.
+    fn values(&self, run_id: RunId) -> impl Iterator<Item = Result<Node, String>> {
+        let email = self.email.as_deref().map(|email| {
+            run_id
+                .parse_email(email)
+                .map(Node::Email)
+                .ok_or_else(|| format!("email {email}"))
+        });
+        let phone = self.phone.as_deref().map(|phone| {
+            run_id
+                .parse_phone(phone)
+                .map(Node::Phone)
+                .ok_or_else(|| format!("phone {phone}"))
+        });
+        email.into_iter().chain(phone)
+    }
+
+    /// The request that would have inserted this row; `None` if a value is not ours.
+    fn as_request(&self, run_id: RunId) -> Option<Request> {
+        let email = match &self.email {
+            Some(email) => Some(run_id.parse_email(email)?),
+            None => None,
+        };
+        let phone = match &self.phone {
+            Some(phone) => Some(run_id.parse_phone(phone)?),
+            None => None,
+        };
+        Some(Request { email, phone })
+    }
+}
+
+struct Loaded {
+    rows: HashMap<i32, Row>,
+    /// Contacts some answer named that are soft-deleted now.
+    soft_deleted: HashSet<i32>,
+}
+
+/// Loads every live contact holding a value this run sent or was answered, or named
+/// in an answer, then every live member of those contacts' identities.
+async fn load(client: &Client, run_id: RunId, log: &ModelLog) -> Result<Loaded, CheckError> {
+    let mut emails = BTreeSet::new();
+    let mut phones = BTreeSet::new();
+    let mut answered_ids = BTreeSet::new();
+    let sent = log.sent.iter().flat_map(|&request| request_nodes(request));
+    for node in sent.chain(log.answers.items().iter().copied()) {
+        match node {
+            Node::Email(n) => {
+                emails.insert(n);
+            }
+            Node::Phone(n) => {
+                phones.insert(n);
+            }
+            Node::Contact(id) => {
+                answered_ids.insert(id);
+            }
+        }
+    }
+    let emails: Vec<String> = emails.into_iter().map(|n| run_id.email(n)).collect();
+    let phones: Vec<String> = phones.into_iter().map(|n| run_id.phone(n)).collect();
+
+    let mut rows = HashMap::new();
+    fetch(client, "email = ANY($1)", &emails, &mut rows).await?;
+    fetch(client, "phone_number = ANY($1)", &phones, &mut rows).await?;
+    let unseen: Vec<i32> = answered_ids
+        .iter()
+        .copied()
+        .filter(|id| !rows.contains_key(id))
+        .collect();
+    fetch(client, "id = ANY($1)", &unseen, &mut rows).await?;
+    let primaries: BTreeSet<i32> = rows.values().map(Row::identity).collect();
+    let primaries: Vec<i32> = primaries.into_iter().collect();
+    fetch(
+        client,
+        "id = ANY($1) OR linked_id = ANY($1)",
+        &primaries,
+        &mut rows,
+    )
+    .await?;
+
+    let missing: Vec<i32> = answered_ids
+        .into_iter()
+        .filter(|id| !rows.contains_key(id))
+        .collect();
+    let mut soft_deleted = HashSet::new();
+    for chunk in missing.chunks(CHUNK) {
+        let found = client
+            .query(
+                "SELECT id FROM contacts WHERE deleted_at IS NOT NULL AND id = ANY($1)",
+                &[&chunk],
+            )
+            .await
+            .map_err(query_failed)?;
+        for row in found {
+            soft_deleted.insert(row.try_get(0).map_err(query_failed)?);
+        }
+    }
+    Ok(Loaded { rows, soft_deleted })
+}
+
+/// Adds the live contacts matching `filter` (over `$1`, one chunk of `keys` at a time).
+async fn fetch<T: ToSql + Sync>(
+    client: &Client,
+    filter: &str,
+    keys: &[T],
+    rows: &mut HashMap<i32, Row>,
+) -> Result<(), CheckError> {
+    let sql = format!(
+        "SELECT id, email, phone_number, linked_id, created_at FROM contacts \
+         WHERE deleted_at IS NULL AND ({filter})"
+    );
+    for chunk in keys.chunks(CHUNK) {
+        for row in client.query(&sql, &[&chunk]).await.map_err(query_failed)? {
+            let contact = Row {
+                id: row.try_get(0).map_err(query_failed)?,
+                email: row.try_get(1).map_err(query_failed)?,
+                phone: row.try_get(2).map_err(query_failed)?,
+                linked_id: row.try_get(3).map_err(query_failed)?,
+                created_at: row.try_get(4).map_err(query_failed)?,
+            };
+            rows.insert(contact.id, contact);
+        }
+    }
+    Ok(())
+}
+
+/// Runs every check over the loaded rows.
+fn evaluate(run_id: RunId, mut log: ModelLog, loaded: Loaded) -> ModelCheck {
+    let Loaded { rows, soft_deleted } = loaded;
+    let mut by_id: Vec<&Row> = rows.values().collect();
+    // Sorted, so that examples come out the same from one check to the next.
+    by_id.sort_by_key(|row| row.id);
+
+    let mut identities: BTreeMap<i32, Vec<&Row>> = BTreeMap::new();
+    let mut holders: HashMap<Node, BTreeSet<i32>> = HashMap::new();
+    let mut foreign: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for &row in &by_id {
+        identities.entry(row.identity()).or_default().push(row);
+        for value in row.values(run_id) {
+            match value {
+                Ok(node) => {
+                    holders.entry(node).or_default().insert(row.identity());
+                }
+                Err(value) => foreign.entry(row.identity()).or_default().push(value),
+            }
+        }
+    }
+    let identities_of = |node: &Node| -> BTreeSet<i32> {
+        match node {
+            Node::Contact(id) => rows.get(id).map(Row::identity).into_iter().collect(),
+            value => holders.get(value).cloned().unwrap_or_default(),
+        }
+    };
+
+    let mut i1 = Check::new("I1 every secondary links to a live primary");
+    for row in &by_id {
+        let Some(target) = row.linked_id else {
+            continue;
+        };
+        match rows.get(&target) {
+            None => i1.violation(|| {
+                format!(
+                    "contact {} links to {target}, which is not a live contact",
+                    row.id
+                )
+            }),
+            Some(linked) if linked.linked_id.is_some() => i1.violation(|| {
+                format!(
+                    "contact {} links to {target}, itself a secondary of {}",
+                    row.id,
+                    linked.identity()
+                )
+            }),
+            Some(_) => {}
+        }
+    }
+
+    let mut i2 = Check::new("I2 each primary is its identity's oldest contact");
+    for (primary, members) in &identities {
+        let (Some(primary), Some(oldest)) = (
+            rows.get(primary),
+            members.iter().min_by_key(|row| (row.created_at, row.id)),
+        ) else {
+            continue;
+        };
+        if oldest.id != primary.id {
+            i2.violation(|| {
+                format!(
+                    "identity {}: contact {} (created {}) is older than the primary (created {})",
+                    primary.id, oldest.id, oldest.created_at, primary.created_at
+                )
+            });
+        }
+    }
+
+    let mut i3 = Check::new("I3 no email or phone is in two identities");
+    let mut shared: Vec<(&Node, &BTreeSet<i32>)> =
+        holders.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    shared.sort();
+    for (node, ids) in shared {
+        i3.violation(|| format!("{} is in identities {}", node.show(run_id), list(ids)));
+    }
+
+    let mut acknowledged_model = UnionFind::default();
+    for &request in &log.acknowledged {
+        acknowledged_model.join(request_nodes(request));
+    }
+    let mut together = Check::new("values acknowledged together share one identity");
+    for set in sorted_sets(&mut acknowledged_model) {
+        let ids: BTreeSet<i32> = set.iter().flat_map(&identities_of).collect();
+        if ids.len() > 1 {
+            together.violation(|| {
+                format!(
+                    "{} were acknowledged together but sit in identities {}",
+                    name_members(run_id, &set),
+                    list(&ids)
+                )
+            });
+        }
+    }
+
+    let mut sent_model = UnionFind::default();
+    for &request in &log.sent {
+        sent_model.join(request_nodes(request));
+    }
+    let mut linked = Check::new("each identity joins only values that requests linked");
+    for (identity, members) in &identities {
+        let mut unsent = foreign.get(identity).cloned().unwrap_or_default();
+        let mut sets: BTreeMap<usize, Node> = BTreeMap::new();
+        for node in members
+            .iter()
+            .flat_map(|row| row.values(run_id))
+            .filter_map(Result::ok)
+        {
+            match sent_model.set_of(&node) {
+                Some(set) => {
+                    sets.entry(set).or_insert(node);
+                }
+                None => unsent.push(node.show(run_id)),
+            }
+        }
+        if !unsent.is_empty() {
+            linked.violation(|| {
+                format!(
+                    "identity {identity} holds {}, which no request of this run sent",
+                    unsent.join(", ")
+                )
+            });
+        } else if sets.len() > 1 {
+            let firsts: Vec<Node> = sets.into_values().collect();
+            linked.violation(|| {
+                format!(
+                    "identity {identity} joins {}, which no chain of requests linked",
+                    name_members(run_id, &firsts)
+                )
+            });
+        }
+    }
+
+    let mut kept = Check::new("every contact an answer named still exists");
+    let answered_ids: BTreeSet<i32> = log
+        .answers
+        .items()
+        .iter()
+        .filter_map(|node| match node {
+            Node::Contact(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    for id in answered_ids.into_iter().filter(|id| !rows.contains_key(id)) {
+        let state = if soft_deleted.contains(&id) {
+            "soft-deleted"
+        } else {
+            "gone"
+        };
+        kept.violation(|| format!("contact {id} was in an answer but is {state}"));
+    }
+
+    let mut answered = Check::new("each answer's contacts and values stay in one identity");
+    for set in sorted_sets(&mut log.answers) {
+        let ids: BTreeSet<i32> = set.iter().flat_map(&identities_of).collect();
+        if ids.len() > 1 {
+            answered.violation(|| {
+                format!(
+                    "answers tied {} together, which now sit in identities {}",
+                    name_members(run_id, &set),
+                    list(&ids)
+                )
+            });
+        }
+    }
+
+    // The answers' values include every acknowledged request's values.
+    let mut present = Check::new("every acknowledged email and phone exists");
+    let mut acknowledged_values: Vec<Node> = log
+        .answers
+        .items()
+        .iter()
+        .copied()
+        .filter(|node| !matches!(node, Node::Contact(_)) && !holders.contains_key(node))
+        .collect();
+    acknowledged_values.sort();
+    for node in acknowledged_values {
+        present.violation(|| {
+            format!(
+                "{} was acknowledged but no live contact holds it",
+                node.show(run_id)
+            )
+        });
+    }
+
+    // A row is inserted with one request's values, and only while the identity lacks
+    // one of them: so each row matches a request, and no two rows the same one.
+    let mut inserted = Check::new("each contact holds one sent request's values, no two the same");
+    let mut first_holder: HashMap<Request, i32> = HashMap::new();
+    for row in &by_id {
+        // Rows with values from elsewhere are reported by the identity check.
+        let Some(request) = row.as_request(run_id) else {
+            continue;
+        };
+        if !log.sent.contains(&request) {
+            inserted.violation(|| {
+                let values: Vec<String> = request_nodes(request).map(|n| n.show(run_id)).collect();
+                format!(
+                    "contact {} holds {}, which no request sent together",
+                    row.id,
+                    values.join(" + ")
+                )
+            });
+        }
+        if let Some(first) = first_holder.insert(request, row.id) {
+            inserted.violation(|| {
+                format!(
+                    "contacts {first} and {} hold the same email and phone",
+                    row.id
+                )
+            });
+        }
+    }
+
+    let bounded = together.passed() && linked.passed() && present.passed();
+    let partition = if !bounded {
+        Partition::Differs
+    } else if same_partition(&mut acknowledged_model, &mut sent_model) {
+        Partition::Equal
+    } else {
+        Partition::Between
+    };
+    let checks = vec![
+        i1, i2, i3, together, linked, kept, answered, present, inserted,
+    ];
+    ModelCheck {
+        passed: checks.iter().all(Check::passed),
+        contacts: rows.len(),
+        identities: identities.len(),
+        partition,
+        checks,
+    }
+}
+
+/// Whether two models are one partition. Every acknowledged request was also sent,
+/// so the first refines the second: equal sizes in items and in sets mean equal.
+fn same_partition(finer: &mut UnionFind<Node>, coarser: &mut UnionFind<Node>) -> bool {
+    finer.items().len() == coarser.items().len() && finer.sets().len() == coarser.sets().len()
+}
+
+/// The sets, each sorted, in a stable order for the examples.
+fn sorted_sets(model: &mut UnionFind<Node>) -> Vec<Vec<Node>> {
+    let mut sets = model.sets();
+    for set in &mut sets {
+        set.sort();
+    }
+    sets.sort();
+    sets
+}
+
+fn name_members(run_id: RunId, members: &[Node]) -> String {
+    let mut named: Vec<String> = members
+        .iter()
+        .take(NAMED_MEMBERS)
+        .map(|node| node.show(run_id))
+        .collect();
+    if members.len() > NAMED_MEMBERS {
+        named.push(format!("{} more", members.len() - NAMED_MEMBERS));
+    }
+    named.join(", ")
+}
+
+fn list(ids: &BTreeSet<i32>) -> String {
+    let ids: Vec<String> = ids.iter().map(i32::to_string).collect();
+    ids.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::client::Answer;
+    use crate::model::read_answer;
+
+    const RUN: u32 = 7;
+
+    fn run_id() -> RunId {
+        RunId::new(RUN).unwrap()
+    }
+
+    fn row(id: i32, email: Option<u64>, phone: Option<u64>, linked_id: Option<i32>) -> Row {
+        Row {
+            id,
+            email: email.map(|n| run_id().email(n)),
+            phone: phone.map(|n| run_id().phone(n)),
+            linked_id,
+            // Creation order follows the ids unless a test says otherwise.
+            created_at: Utc.timestamp_opt(1_700_000_000 + i64::from(id), 0).unwrap(),
+        }
+    }
+
+    /// Acknowledges `request` with the answer the rows give its identity.
+    fn acknowledge(log: &mut ModelLog, request: Request, primary: i32, rows: &[&Row]) {
+        let members: Vec<&&Row> = rows
+            .iter()
+            .filter(|row| row.identity() == primary)
+            .collect();
+        let answer = Answer {
+            primary_contact_id: primary,
+            legacy_primary_id: Some(primary),
+            emails: members.iter().filter_map(|row| row.email.clone()).collect(),
+            phone_numbers: members.iter().filter_map(|row| row.phone.clone()).collect(),
+            secondary_contact_ids: members
+                .iter()
+                .map(|row| row.id)
+                .filter(|&id| id != primary)
+                .collect(),
+        };
+        log.record_acknowledged(request, &read_answer(run_id(), &answer));
+    }
+
+    fn request(email: u64, phone: u64) -> Request {
+        Request {
+            email: Some(email),
+            phone: Some(phone),
+        }
+    }
+
+    fn loaded(rows: Vec<Row>) -> Loaded {
+        Loaded {
+            rows: rows.into_iter().map(|row| (row.id, row)).collect(),
+            soft_deleted: HashSet::new(),
+        }
+    }
+
+    fn failed(check: &ModelCheck) -> Vec<&'static str> {
+        check
+            .checks
+            .iter()
+            .filter(|check| !check.passed())
+            .map(|check| check.name)
+            .collect()
+    }
+
+    /// Two customers, one extended, then bridged: rows 1..=4 in one identity.
+    fn bridged() -> (ModelLog, Vec<Row>) {
+        let rows = vec![
+            row(1, Some(1), Some(2), None),
+            row(2, Some(3), Some(4), Some(1)),
+            row(3, Some(1), Some(5), Some(1)),
+            row(4, Some(3), Some(2), Some(1)),
+        ];
+        let mut log = ModelLog::default();
+        let first = [&rows[0]];
+        acknowledge(&mut log, request(1, 2), 1, &first);
+        acknowledge(
+            &mut log,
+            request(3, 4),
+            2,
+            &[&row(2, Some(3), Some(4), None)],
+        );
+        acknowledge(&mut log, request(1, 5), 1, &[&rows[0], &rows[2]]);
+        acknowledge(&mut log, request(3, 2), 1, &rows.iter().collect::<Vec<_>>());
+        (log, rows)
+    }
+
+    #[test]
+    fn a_database_that_matches_the_model_passes_with_an_equal_partition() {
+        let (log, rows) = bridged();
+        let check = evaluate(run_id(), log, loaded(rows));
+        assert_eq!(failed(&check), Vec::<&str>::new());
+        assert_eq!(check.partition, Partition::Equal);
+        assert_eq!((check.contacts, check.identities), (4, 1));
+    }
+
+    #[test]
+    fn a_failed_request_widens_the_model_instead_of_failing_it() {
+        let (mut log, mut rows) = bridged();
+        // It timed out but committed: a row with its values exists.
+        log.record_sent(request(9, 5));
+        rows.push(row(5, Some(9), Some(5), Some(1)));
+        let check = evaluate(run_id(), log, loaded(rows));
+        assert_eq!(failed(&check), Vec::<&str>::new());
+        assert_eq!(check.partition, Partition::Between);
+    }
+
+    #[test]
+    fn a_merge_no_request_asked_for_is_caught() {
+        let (mut log, mut rows) = bridged();
+        log.record_sent(request(20, 21));
+        acknowledge(
+            &mut log,
+            request(20, 21),
+            6,
+            &[&row(6, Some(20), Some(21), None)],
+        );
+        // The database put the separate customer into the first identity.
+        rows.push(row(6, Some(20), Some(21), Some(1)));
+        let check = evaluate(run_id(), log, loaded(rows));
+        assert_eq!(
+            failed(&check),
+            vec!["each identity joins only values that requests linked"]
+        );
+        assert_eq!(check.partition, Partition::Differs);
+    }
+
+    #[test]
+    fn broken_links_lost_rows_and_shared_values_are_caught() {
+        let (log, mut rows) = bridged();
+        // Row 4 now links to a secondary, row 3 is gone, and row 1 is younger
+        // than a member of its identity.
+        rows[3].linked_id = Some(2);
+        rows.remove(2);
+        rows[1].created_at = Utc.timestamp_opt(1_600_000_000, 0).unwrap();
+        let check = evaluate(run_id(), log, loaded(rows));
+        let failed = failed(&check);
+        for expected in [
+            "I1 every secondary links to a live primary",
+            "I2 each primary is its identity's oldest contact",
+            "I3 no email or phone is in two identities",
+            "every contact an answer named still exists",
+            "every acknowledged email and phone exists",
+        ] {
+            assert!(failed.contains(&expected), "{expected} passed: {failed:?}");
+        }
+    }
+
+    #[test]
+    fn rows_must_come_from_requests_once_each() {
+        let (log, mut rows) = bridged();
+        rows.push(row(5, Some(1), Some(2), Some(1)));
+        rows.push(row(6, Some(1), Some(4), Some(1)));
+        let check = evaluate(run_id(), log, loaded(rows));
+        let inserted = check
+            .checks
+            .iter()
+            .find(|check| check.name.starts_with("each contact holds"))
+            .unwrap();
+        assert_eq!(inserted.violations, 2, "{:?}", inserted.examples);
+    }
+}

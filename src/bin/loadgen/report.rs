@@ -1,0 +1,386 @@
+//! The run's summary: the text printed on stdout, the JSON written by `--json`, and
+//! the verdict that decides the exit status.
+
+use std::collections::BTreeMap;
+use std::error::Error as StdError;
+use std::fmt::{self, Write as _};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde::ser::SerializeStruct;
+
+use crate::check::ModelCheck;
+use crate::client::Api;
+use crate::run::{ErrorTally, StopReason};
+use crate::workload::{Kind, Mix, RunId};
+
+/// How many violations each check quotes.
+const EXAMPLES: usize = 5;
+
+/// An error and its causes on one line: many errors (hyper's, tokio-postgres's) say
+/// what failed only in their sources.
+pub fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    for cause in std::iter::successors(err.source(), |&cause| cause.source()) {
+        let cause = cause.to_string();
+        // Some errors repeat their cause in their own message.
+        if !text.contains(&cause) {
+            write!(text, ": {cause}").ok();
+        }
+    }
+    text
+}
+
+/// One named check: how many violations it found, and the first few.
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub name: &'static str,
+    pub violations: u64,
+    pub examples: Vec<String>,
+}
+
+impl Check {
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            violations: 0,
+            examples: Vec::new(),
+        }
+    }
+
+    /// Counts a violation; `example` is only built while examples are still wanted.
+    pub fn violation(&mut self, example: impl FnOnce() -> String) {
+        self.violations += 1;
+        if self.examples.len() < EXAMPLES {
+            self.examples.push(example());
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.violations == 0
+    }
+
+    pub fn merge(&mut self, other: Check) {
+        self.violations += other.violations;
+        let room = EXAMPLES.saturating_sub(self.examples.len());
+        self.examples.extend(other.examples.into_iter().take(room));
+    }
+}
+
+impl Serialize for Check {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut check = serializer.serialize_struct("Check", 4)?;
+        check.serialize_field("name", self.name)?;
+        check.serialize_field("passed", &self.passed())?;
+        check.serialize_field("violations", &self.violations)?;
+        check.serialize_field("examples", &self.examples)?;
+        check.end()
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.passed() {
+            return writeln!(f, "  PASS  {}", self.name);
+        }
+        let plural = if self.violations == 1 { "" } else { "s" };
+        writeln!(
+            f,
+            "  FAIL  {}: {} violation{plural}",
+            self.name, self.violations
+        )?;
+        for example in &self.examples {
+            writeln!(f, "          - {example}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    /// `None` when nothing was recorded.
+    pub fn from_micros(histogram: &Histogram<u64>) -> Option<Self> {
+        if histogram.is_empty() {
+            return None;
+        }
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Some(Self {
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+        })
+    }
+}
+
+/// The outcome of the model check, or why it could not run.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ModelCheckReport {
+    Done(ModelCheck),
+    NotRun { error: String },
+}
+
+impl ModelCheckReport {
+    fn passed(&self) -> bool {
+        match self {
+            ModelCheckReport::Done(check) => check.passed,
+            ModelCheckReport::NotRun { .. } => false,
+        }
+    }
+}
+
+/// Everything a run reports, as printed and as written to `--json`.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub run_id: RunId,
+    pub seed: u64,
+    pub api: Api,
+    pub urls: Vec<String>,
+    pub connections: usize,
+    pub keys: usize,
+    pub mix: Mix,
+    pub stopped_by: StopReason,
+    pub requests: u64,
+    pub ok: u64,
+    pub duration_s: f64,
+    pub rps: f64,
+    pub ok_rps: f64,
+    pub error_rate: f64,
+    pub max_error_rate: f64,
+    /// Latency of every request that got an HTTP answer, whatever its status.
+    pub latency_ms: Option<Latency>,
+    pub status_counts: BTreeMap<u16, u64>,
+    pub error_counts: BTreeMap<String, u64>,
+    /// The first failure of each kind, word for word.
+    pub error_examples: BTreeMap<String, String>,
+    pub sent_by_kind: BTreeMap<Kind, u64>,
+    pub answer_checks: Vec<Check>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_check: Option<ModelCheckReport>,
+    /// Workers that crashed: a bug in the generator; their requests are not counted.
+    pub crashed_workers: usize,
+    pub passed: bool,
+    /// Why the run failed, one reason a line.
+    pub failures: Vec<String>,
+}
+
+/// What the verdict is made of, for the exit status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub error_rate_exceeded: bool,
+    pub checks_failed: bool,
+    pub generator_failed: bool,
+}
+
+/// The run's facts, before the summary derives rates and the verdict from them.
+pub struct Facts {
+    pub run_id: RunId,
+    pub seed: u64,
+    pub api: Api,
+    pub urls: Vec<String>,
+    pub connections: usize,
+    pub keys: usize,
+    pub mix: Mix,
+    pub max_error_rate: f64,
+    pub stopped_by: StopReason,
+    pub elapsed_s: f64,
+    pub requests: u64,
+    pub ok: u64,
+    pub latency_us: Histogram<u64>,
+    pub statuses: BTreeMap<u16, u64>,
+    pub errors: BTreeMap<String, ErrorTally>,
+    pub sent_by_kind: BTreeMap<Kind, u64>,
+    pub answer_checks: Vec<Check>,
+    pub model_check: Option<ModelCheckReport>,
+    pub crashed_workers: usize,
+}
+
+impl Summary {
+    pub fn new(facts: Facts) -> (Self, Verdict) {
+        let per_second = |count: u64| {
+            if facts.elapsed_s > 0.0 {
+                count as f64 / facts.elapsed_s
+            } else {
+                0.0
+            }
+        };
+        let failed = facts.requests - facts.ok;
+        let error_rate = if facts.requests == 0 {
+            0.0
+        } else {
+            failed as f64 / facts.requests as f64
+        };
+
+        let mut verdict = Verdict::default();
+        let mut failures = Vec::new();
+        if error_rate > facts.max_error_rate {
+            verdict.error_rate_exceeded = true;
+            failures.push(format!(
+                "{failed} of {} requests failed ({:.2}%), over --max-error-rate {}",
+                facts.requests,
+                error_rate * 100.0,
+                facts.max_error_rate
+            ));
+        }
+        let failed_answer_checks = facts.answer_checks.iter().filter(|c| !c.passed()).count();
+        if failed_answer_checks > 0 {
+            verdict.checks_failed = true;
+            failures.push(format!("{failed_answer_checks} answer check(s) failed"));
+        }
+        match &facts.model_check {
+            Some(ModelCheckReport::NotRun { error }) => {
+                verdict.checks_failed = true;
+                failures.push(format!("the model check could not run: {error}"));
+            }
+            Some(report) if !report.passed() => {
+                verdict.checks_failed = true;
+                failures.push("the model check failed".to_owned());
+            }
+            _ => {}
+        }
+        if facts.crashed_workers > 0 {
+            verdict.generator_failed = true;
+            failures.push(format!(
+                "{} worker(s) of the generator crashed",
+                facts.crashed_workers
+            ));
+        }
+
+        let summary = Self {
+            run_id: facts.run_id,
+            seed: facts.seed,
+            api: facts.api,
+            urls: facts.urls,
+            connections: facts.connections,
+            keys: facts.keys,
+            mix: facts.mix,
+            stopped_by: facts.stopped_by,
+            requests: facts.requests,
+            ok: facts.ok,
+            duration_s: facts.elapsed_s,
+            rps: per_second(facts.requests),
+            ok_rps: per_second(facts.ok),
+            error_rate,
+            max_error_rate: facts.max_error_rate,
+            latency_ms: Latency::from_micros(&facts.latency_us),
+            status_counts: facts.statuses,
+            error_counts: facts
+                .errors
+                .iter()
+                .map(|(kind, tally)| (kind.clone(), tally.count))
+                .collect(),
+            error_examples: facts
+                .errors
+                .into_iter()
+                .map(|(kind, tally)| (kind, tally.example))
+                .collect(),
+            sent_by_kind: facts.sent_by_kind,
+            answer_checks: facts.answer_checks,
+            model_check: facts.model_check,
+            crashed_workers: facts.crashed_workers,
+            passed: failures.is_empty(),
+            failures,
+        };
+        (summary, verdict)
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "loadgen run {} (seed {}): {} API, {} connections, {} keys",
+            self.run_id,
+            self.seed,
+            self.api.as_str(),
+            self.connections,
+            self.keys
+        )?;
+        writeln!(f, "servers    {}", self.urls.join(", "))?;
+        let sent: Vec<String> = Kind::ALL
+            .into_iter()
+            .map(|kind| {
+                let count = self.sent_by_kind.get(&kind).copied().unwrap_or(0);
+                format!("{} {count}", kind.as_str())
+            })
+            .collect();
+        writeln!(f, "mix        {} (sent: {})", self.mix, sent.join(", "))?;
+        writeln!(
+            f,
+            "stopped    after {:.2} s ({})",
+            self.duration_s,
+            self.stopped_by.describe()
+        )?;
+        writeln!(f)?;
+        writeln!(f, "requests   {:>10}   {:>10.1}/s", self.requests, self.rps)?;
+        writeln!(f, "ok (200)   {:>10}   {:>10.1}/s", self.ok, self.ok_rps)?;
+        writeln!(
+            f,
+            "failed     {:>10}   {:>10.2}%",
+            self.requests - self.ok,
+            self.error_rate * 100.0
+        )?;
+        match &self.latency_ms {
+            Some(latency) => writeln!(
+                f,
+                "latency    p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   p99.9 {:.2} ms   max {:.2} ms",
+                latency.p50, latency.p90, latency.p99, latency.p999, latency.max
+            )?,
+            None => writeln!(f, "latency    no HTTP answers")?,
+        }
+        let statuses: Vec<String> = self
+            .status_counts
+            .iter()
+            .map(|(status, count)| format!("{status}: {count}"))
+            .collect();
+        if !statuses.is_empty() {
+            writeln!(f, "statuses   {}", statuses.join(", "))?;
+        }
+        if !self.error_counts.is_empty() {
+            writeln!(f, "failures by kind (first example of each):")?;
+            for (kind, count) in &self.error_counts {
+                let example = self.error_examples.get(kind).map_or("", String::as_str);
+                writeln!(f, "  {kind:<20} {count:>10}   {example}")?;
+            }
+        }
+
+        writeln!(f)?;
+        writeln!(f, "answer checks")?;
+        for check in &self.answer_checks {
+            write!(f, "{check}")?;
+        }
+        match &self.model_check {
+            Some(ModelCheckReport::Done(model)) => {
+                writeln!(f)?;
+                write!(f, "{model}")?;
+            }
+            Some(ModelCheckReport::NotRun { error }) => {
+                writeln!(f)?;
+                writeln!(f, "model check could not run: {error}")?;
+            }
+            None => {}
+        }
+
+        writeln!(f)?;
+        if self.passed {
+            writeln!(f, "result     PASS")
+        } else {
+            writeln!(f, "result     FAIL")?;
+            for failure in &self.failures {
+                writeln!(f, "  - {failure}")?;
+            }
+            Ok(())
+        }
+    }
+}
