@@ -73,9 +73,26 @@ impl From<diesel::result::Error> for ServiceError {
             Error::BrokenTransactionManager => {
                 ServiceError::Unavailable("connection lost inside a transaction".to_owned())
             }
+            Error::DatabaseError(_, info) if is_server_going_away(info.message()) => {
+                ServiceError::Unavailable(info.message().to_owned())
+            }
             other => ServiceError::Database(other),
         }
     }
+}
+
+/// PostgreSQL's messages for a server shutting down, starting up or recovering
+/// (SQLSTATE classes 57P and 08). diesel does not expose the SQLSTATE, only the
+/// message, which these servers send untranslated unless `lc_messages` says otherwise.
+fn is_server_going_away(message: &str) -> bool {
+    const MESSAGES: [&str; 5] = [
+        "terminating connection due to administrator command",
+        "terminating connection due to unexpected postmaster exit",
+        "the database system is shutting down",
+        "the database system is starting up",
+        "the database system is in recovery mode",
+    ];
+    MESSAGES.iter().any(|known| message.starts_with(known))
 }
 
 impl From<diesel_async::pooled_connection::deadpool::PoolError> for ServiceError {

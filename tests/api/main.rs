@@ -7,4 +7,5 @@ mod graphql;
 mod helpers;
 mod identify;
 mod operations;
+mod scenarios;
 mod validation;

@@ -1,0 +1,380 @@
+//! Load and fault scenarios: the real server binary under `loadgen`, with its
+//! model check against the database and the server's own `check` afterwards.
+//!
+//! CI runs them at a small scale. `SCENARIO_SECONDS` sets the load time of each
+//! (default 3); for the full-scale runs of BENCHMARKS.md:
+//!
+//! ```sh
+//! SCENARIO_SECONDS=60 cargo test --release --test api scenarios -- --test-threads=1 --nocapture
+//! ```
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::helpers::TestDatabase;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_identity-reconciliation");
+const LOADGEN: &str = env!("CARGO_BIN_EXE_loadgen");
+
+/// The scenarios load the machine; running two at once would only measure that.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+fn load_seconds() -> u64 {
+    std::env::var("SCENARIO_SECONDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(3)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// One server process on a port of its own.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    async fn start(database_url: &str, port: u16) -> Server {
+        let child = Command::new(SERVER)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--db-acquire-timeout-ms",
+                "1000",
+            ])
+            .env("DATABASE_URL", database_url)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !server.ready().await {
+            assert!(
+                Instant::now() < deadline,
+                "server on {port} never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn ready(&self) -> bool {
+        matches!(reqwest::get(format!("{}/readyz", self.url())).await, Ok(r) if r.status() == 200)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs loadgen to completion in a blocking thread; returns its output and summary.
+fn loadgen(
+    urls: &[String],
+    database_url: &str,
+    args: &[&str],
+    report: &std::path::Path,
+) -> (Output, Value) {
+    let mut command = Command::new(LOADGEN);
+    for url in urls {
+        command.args(["--url", url]);
+    }
+    let output = command
+        .args(args)
+        .args(["--progress", "0", "--json"])
+        .arg(report)
+        .env("LOADGEN_DATABASE_URL", database_url)
+        .output()
+        .unwrap();
+    let summary = std::fs::read_to_string(report)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(Value::Null);
+    (output, summary)
+}
+
+fn assert_passed(output: &Output, summary: &Value) {
+    assert!(
+        output.status.success() && summary["passed"] == true,
+        "loadgen failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let model = &summary["model_check"];
+    assert!(!model.is_null(), "the model check did not run: {summary}");
+}
+
+fn server_check(database_url: &str) {
+    let output = Command::new(SERVER)
+        .arg("check")
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "check found violations:\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+fn count(summary: &Value, section: &str, key: &str) -> u64 {
+    summary[section][key].as_u64().unwrap_or(0)
+}
+
+async fn run_loadgen(
+    urls: Vec<String>,
+    database_url: String,
+    args: Vec<String>,
+    report: PathBuf,
+) -> (Output, Value) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        loadgen(&urls, &database_url, &args, &report)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_contention_on_a_small_key_space() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let database = TestDatabase::create().await;
+    let server = Server::start(&database.url, free_port()).await;
+    let report = scratch_dir("contention").join("report.json");
+    let seconds = load_seconds().to_string();
+    let (output, summary) = run_loadgen(
+        vec![server.url()],
+        database.url.clone(),
+        [
+            "--connections",
+            "64",
+            "--keys",
+            "8",
+            "--duration",
+            &seconds,
+            "--seed",
+            "64",
+        ]
+        .map(String::from)
+        .to_vec(),
+        report,
+    )
+    .await;
+    assert_passed(&output, &summary);
+    assert!(summary["requests"].as_u64().unwrap() > 100, "{summary}");
+    assert_eq!(
+        summary["ok"], summary["requests"],
+        "non-200 answers: {summary}"
+    );
+    server_check(&database.url);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_server_processes_share_one_database() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let database = TestDatabase::create().await;
+    let first = Server::start(&database.url, free_port()).await;
+    let second = Server::start(&database.url, free_port()).await;
+    let report = scratch_dir("two-servers").join("report.json");
+    let seconds = load_seconds().to_string();
+    let (output, summary) = run_loadgen(
+        vec![first.url(), second.url()],
+        database.url.clone(),
+        [
+            "--connections",
+            "32",
+            "--keys",
+            "16",
+            "--duration",
+            &seconds,
+            "--seed",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec(),
+        report,
+    )
+    .await;
+    assert_passed(&output, &summary);
+    assert_eq!(summary["ok"], summary["requests"], "{summary}");
+    server_check(&database.url);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_mid_load_then_started_again() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = scratch_dir("pg-restart");
+    let pg_port = free_port();
+    let options = EmbeddedOptions {
+        data_dir: dir.join("data"),
+        log_file: dir.join("postgres.log"),
+        durable: false,
+        bin_dir: None,
+        port: Some(pg_port),
+    };
+    let mut postgres = EmbeddedPostgres::start(&options).unwrap();
+    let database_url = postgres.url("postgres");
+    let server = Server::start(&database_url, free_port()).await;
+
+    let seconds = load_seconds() + 8;
+    let load = tokio::spawn(run_loadgen(
+        vec![server.url()],
+        database_url.clone(),
+        [
+            "--connections",
+            "16",
+            "--keys",
+            "32",
+            "--duration",
+            &seconds.to_string(),
+            "--seed",
+            "57",
+            "--timeout-ms",
+            "4000",
+            "--max-error-rate",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec(),
+        dir.join("report.json"),
+    ));
+    tokio::time::sleep(Duration::from_secs(load_seconds().div_ceil(2))).await;
+
+    // Stop PostgreSQL under load: the server answers 503 promptly, and says it is not ready.
+    tokio::task::spawn_blocking(move || {
+        postgres.stop();
+        postgres
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let answer = client
+        .post(format!("{}/identify", server.url()))
+        .json(&serde_json::json!({"email": "during-outage@x.io"}))
+        .send()
+        .await
+        .expect("the server answers while the database is down");
+    assert_eq!(answer.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "503 took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !server.ready().await,
+        "/readyz says ready with the database down"
+    );
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut postgres =
+        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&options).unwrap())
+            .await
+            .unwrap();
+    let restarted = Instant::now();
+    while !server.ready().await {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "the server did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovery = restarted.elapsed();
+
+    let (output, summary) = load.await.unwrap();
+    assert_passed(&output, &summary);
+    assert!(
+        count(&summary, "status_counts", "503") > 0,
+        "the outage did not happen during the load: {summary}"
+    );
+    assert_eq!(
+        count(&summary, "status_counts", "500"),
+        0,
+        "500s during the outage: {summary}"
+    );
+    eprintln!(
+        "postgres restart: recovered in {recovery:?}; {} requests, {} ok, statuses {}",
+        summary["requests"], summary["ok"], summary["status_counts"]
+    );
+    server_check(&database_url);
+    drop(server);
+    postgres.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_mid_load_then_restarted() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let database = TestDatabase::create().await;
+    let port = free_port();
+    let mut server = Server::start(&database.url, port).await;
+    let seconds = load_seconds() + 4;
+    let load = tokio::spawn(run_loadgen(
+        vec![server.url()],
+        database.url.clone(),
+        [
+            "--connections",
+            "32",
+            "--keys",
+            "16",
+            "--duration",
+            &seconds.to_string(),
+            "--seed",
+            "9",
+            "--timeout-ms",
+            "3000",
+            "--max-error-rate",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec(),
+        scratch_dir("sigkill").join("report.json"),
+    ));
+    tokio::time::sleep(Duration::from_secs(load_seconds().div_ceil(2))).await;
+    server.kill(); // SIGKILL: no graceful anything
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _restarted = Server::start(&database.url, port).await;
+
+    let (output, summary) = load.await.unwrap();
+    assert_passed(&output, &summary);
+    assert!(
+        summary["error_counts"]
+            .as_object()
+            .is_some_and(|e| !e.is_empty()),
+        "{summary}"
+    );
+    server_check(&database.url);
+}
