@@ -7,6 +7,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, Int4, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use super::prepared::{Bind, Prepared, static_sql};
 use super::schema::contacts;
 use crate::domain::{Contact, Email, Phone};
 
@@ -46,13 +47,15 @@ pub async fn lock_values(
     email: Option<&Email>,
     phone: Option<&Phone>,
 ) -> QueryResult<()> {
-    diesel::sql_query(
-        "SELECT pg_advisory_xact_lock(least(e, p)), pg_advisory_xact_lock(greatest(e, p)) \
+    static_sql!(
+        LockValuesSql = "SELECT pg_advisory_xact_lock(least(e, p)), pg_advisory_xact_lock(greatest(e, p)) \
          FROM (SELECT hashtextextended('email:' || $1, 0) AS e, \
-                      hashtextextended('phone:' || $2, 0) AS p) AS keys",
-    )
-    .bind::<Nullable<Text>, _>(email.map(Email::as_str))
-    .bind::<Nullable<Text>, _>(phone.map(Phone::as_str))
+                      hashtextextended('phone:' || $2, 0) AS p) AS keys"
+    );
+    Prepared::<LockValuesSql, _>::new((
+        Bind::<Nullable<Text>, _>::new(email.map(Email::as_str)),
+        Bind::<Nullable<Text>, _>::new(phone.map(Phone::as_str)),
+    ))
     .execute(&mut conn)
     .await?;
     Ok(())
@@ -69,17 +72,19 @@ pub async fn lock_matched_primaries(
     email: Option<&Email>,
     phone: Option<&Phone>,
 ) -> QueryResult<Vec<ContactRecord>> {
-    diesel::sql_query(
-        "SELECT id, phone_number, email, linked_id, created_at, updated_at \
+    static_sql!(
+        LockMatchedPrimariesSql = "SELECT id, phone_number, email, linked_id, created_at, updated_at \
          FROM contacts \
          WHERE deleted_at IS NULL AND id IN ( \
              SELECT coalesce(linked_id, id) FROM contacts \
              WHERE deleted_at IS NULL AND (email = $1 OR phone_number = $2)) \
          ORDER BY id \
-         FOR UPDATE",
-    )
-    .bind::<Nullable<Text>, _>(email.map(Email::as_str))
-    .bind::<Nullable<Text>, _>(phone.map(Phone::as_str))
+         FOR UPDATE"
+    );
+    Prepared::<LockMatchedPrimariesSql, _>::new((
+        Bind::<Nullable<Text>, _>::new(email.map(Email::as_str)),
+        Bind::<Nullable<Text>, _>::new(phone.map(Phone::as_str)),
+    ))
     .load(&mut conn)
     .await
 }
@@ -89,15 +94,15 @@ pub async fn load_members(
     mut conn: &AsyncPgConnection,
     primary_ids: &[i32],
 ) -> QueryResult<Vec<ContactRecord>> {
-    diesel::sql_query(
-        "SELECT id, phone_number, email, linked_id, created_at, updated_at \
+    static_sql!(
+        LoadMembersSql = "SELECT id, phone_number, email, linked_id, created_at, updated_at \
          FROM contacts \
          WHERE deleted_at IS NULL AND (id = ANY($1) OR linked_id = ANY($1)) \
-         ORDER BY created_at, id",
-    )
-    .bind::<Array<Int4>, _>(primary_ids)
-    .load(&mut conn)
-    .await
+         ORDER BY created_at, id"
+    );
+    Prepared::<LoadMembersSql, _>::new((Bind::<Array<Int4>, _>::new(primary_ids),))
+        .load(&mut conn)
+        .await
 }
 
 /// Inserts a contact: a primary when `linked_id` is `None`, else a secondary of it.
@@ -116,17 +121,19 @@ pub async fn insert_contact(
     } else {
         "primary"
     };
-    diesel::sql_query(
-        "INSERT INTO contacts \
+    static_sql!(
+        InsertContactSql = "INSERT INTO contacts \
              (email, phone_number, linked_id, link_precedence, created_at, updated_at) \
          SELECT $1, $2, $3, $4::link_precedence, clock.now, clock.now \
          FROM (SELECT clock_timestamp() AS now) AS clock \
-         RETURNING id, phone_number, email, linked_id, created_at, updated_at",
-    )
-    .bind::<Nullable<Text>, _>(email.map(Email::as_str))
-    .bind::<Nullable<Text>, _>(phone.map(Phone::as_str))
-    .bind::<Nullable<Int4>, _>(linked_id)
-    .bind::<Text, _>(precedence)
+         RETURNING id, phone_number, email, linked_id, created_at, updated_at"
+    );
+    Prepared::<InsertContactSql, _>::new((
+        Bind::<Nullable<Text>, _>::new(email.map(Email::as_str)),
+        Bind::<Nullable<Text>, _>::new(phone.map(Phone::as_str)),
+        Bind::<Nullable<Int4>, _>::new(linked_id),
+        Bind::<Text, _>::new(precedence),
+    ))
     .get_result(&mut conn)
     .await
 }
@@ -139,13 +146,15 @@ pub async fn merge_into(
     primary_id: i32,
     demoted: &[i32],
 ) -> QueryResult<usize> {
-    diesel::sql_query(
-        "UPDATE contacts \
+    static_sql!(
+        MergeIntoSql = "UPDATE contacts \
          SET linked_id = $1, link_precedence = 'secondary', updated_at = clock_timestamp() \
-         WHERE id = ANY($2) OR linked_id = ANY($2)",
-    )
-    .bind::<Int4, _>(primary_id)
-    .bind::<Array<Int4>, _>(demoted)
+         WHERE id = ANY($2) OR linked_id = ANY($2)"
+    );
+    Prepared::<MergeIntoSql, _>::new((
+        Bind::<Int4, _>::new(primary_id),
+        Bind::<Array<Int4>, _>::new(demoted),
+    ))
     .execute(&mut conn)
     .await
 }
@@ -172,8 +181,8 @@ pub async fn load_members_matching(
     email: Option<&Email>,
     phone: Option<&Phone>,
 ) -> QueryResult<Vec<ContactRecord>> {
-    diesel::sql_query(
-        "WITH primaries AS ( \
+    static_sql!(
+        LoadMembersMatchingSql = "WITH primaries AS ( \
              SELECT DISTINCT coalesce(linked_id, id) AS id FROM contacts \
              WHERE deleted_at IS NULL AND (email = $1 OR phone_number = $2)) \
          SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
@@ -181,10 +190,12 @@ pub async fn load_members_matching(
          UNION ALL \
          SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
          FROM contacts c JOIN primaries p ON c.linked_id = p.id WHERE c.deleted_at IS NULL \
-         ORDER BY created_at, id",
-    )
-    .bind::<Nullable<Text>, _>(email.map(Email::as_str))
-    .bind::<Nullable<Text>, _>(phone.map(Phone::as_str))
+         ORDER BY created_at, id"
+    );
+    Prepared::<LoadMembersMatchingSql, _>::new((
+        Bind::<Nullable<Text>, _>::new(email.map(Email::as_str)),
+        Bind::<Nullable<Text>, _>::new(phone.map(Phone::as_str)),
+    ))
     .load(&mut conn)
     .await
 }

@@ -311,3 +311,37 @@ async fn health_and_readiness_answer() {
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
 }
+
+/// Statements per identify, transaction control included. Round trips are fewer:
+/// the three reads go in one, the writes in one (see `service`). A merge never
+/// inserts: it takes an email of one identity and a phone of another, both known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_path_sends_a_fixed_number_of_statements() {
+    let app = spawn_app().await;
+    let statements = |email: &'static str, phone: &'static str| {
+        let app = &app;
+        async move {
+            let before = app.statements.total();
+            app.identify(Some(email), Some(phone)).await;
+            app.statements.total() - before
+        }
+    };
+    // The first request opens the pool's connection, which sends its own setup.
+    app.identify(Some("warm-up@x.io"), None).await;
+    // BEGIN, value locks, primary locks, members, [one write], COMMIT.
+    assert_eq!(statements("a@x.io", "1").await, 6, "new primary: + insert");
+    assert_eq!(statements("a@x.io", "1").await, 5, "repeat: no write");
+    assert_eq!(
+        statements("a@x.io", "2").await,
+        6,
+        "new secondary: + insert"
+    );
+    app.identify(Some("b@x.io"), Some("3")).await;
+    assert_eq!(statements("b@x.io", "2").await, 6, "merge: + re-link");
+    assert_eq!(
+        statements("b@x.io", "2").await,
+        5,
+        "the same bridge again: no write"
+    );
+    app.assert_invariants().await;
+}

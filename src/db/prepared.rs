@@ -1,0 +1,136 @@
+//! Hand-written SQL that diesel prepares once per connection.
+//!
+//! `diesel::sql_query` is never put in the statement cache, so every use of it costs
+//! an extra round trip (Parse/Describe) and a fresh plan. A [`Prepared`] query names
+//! its SQL with a marker type, which gives it a static query id: diesel-async then
+//! prepares it once per connection and afterwards only binds and executes.
+
+use std::marker::PhantomData;
+
+use diesel::QueryResult;
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{HasSqlType, Untyped};
+
+/// A marker type standing for one SQL text, with placeholders `$1`, `$2`, ... for
+/// its bind values (a placeholder may appear more than once).
+pub trait StaticSql: Send + Sync + 'static {
+    const SQL: &'static str;
+}
+
+/// One bind value with its SQL type.
+pub struct Bind<ST, T>(pub T, PhantomData<ST>);
+
+impl<ST, T> Bind<ST, T> {
+    pub fn new(value: T) -> Self {
+        Self(value, PhantomData)
+    }
+}
+
+/// The bind values of a query, in placeholder order.
+pub trait Binds: Send {
+    fn push<'b>(&'b self, index: usize, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()>;
+}
+
+macro_rules! impl_binds {
+    ($(($st:ident, $t:ident, $i:tt)),+) => {
+        impl<$($st, $t),+> Binds for ($(Bind<$st, $t>,)+)
+        where
+            $(Pg: HasSqlType<$st>, $t: ToSql<$st, Pg> + Send, $st: Send,)+
+        {
+            fn push<'b>(&'b self, index: usize, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+                match index {
+                    $($i => out.push_bind_param::<$st, $t>(&self.$i.0),)+
+                    _ => Err(diesel::result::Error::QueryBuilderError(
+                        format!("placeholder ${} has no bind value", index + 1).into(),
+                    )),
+                }
+            }
+        }
+    };
+}
+
+impl_binds!((S0, T0, 0));
+impl_binds!((S0, T0, 0), (S1, T1, 1));
+impl_binds!((S0, T0, 0), (S1, T1, 1), (S2, T2, 2));
+impl_binds!((S0, T0, 0), (S1, T1, 1), (S2, T2, 2), (S3, T3, 3));
+
+/// The query `M::SQL` with `binds`.
+pub struct Prepared<M, B> {
+    binds: B,
+    marker: PhantomData<M>,
+}
+
+impl<M: StaticSql, B: Binds> Prepared<M, B> {
+    pub fn new(binds: B) -> Self {
+        Self {
+            binds,
+            marker: PhantomData,
+        }
+    }
+}
+
+impl<M: StaticSql, B: Binds> QueryFragment<Pg> for Prepared<M, B> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let mut rest = M::SQL;
+        while let Some(dollar) = rest.find('$') {
+            let digits = rest[dollar + 1..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            out.push_sql(&rest[..dollar]);
+            match rest[dollar + 1..dollar + 1 + digits].parse::<usize>() {
+                // Each occurrence becomes a bind of its own, numbered by diesel.
+                Ok(number) if number > 0 => self.binds.push(number - 1, &mut out)?,
+                _ => out.push_sql(&rest[dollar..dollar + 1 + digits]),
+            }
+            rest = &rest[dollar + 1 + digits..];
+        }
+        out.push_sql(rest);
+        Ok(())
+    }
+}
+
+impl<M: StaticSql, B> QueryId for Prepared<M, B> {
+    type QueryId = M;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<M: StaticSql, B: Binds> Query for Prepared<M, B> {
+    type SqlType = Untyped;
+}
+
+/// Declares a marker type for one SQL text.
+macro_rules! static_sql {
+    ($(#[$meta:meta])* $name:ident = $sql:expr) => {
+        $(#[$meta])*
+        pub struct $name;
+
+        impl $crate::db::prepared::StaticSql for $name {
+            const SQL: &'static str = $sql;
+        }
+    };
+}
+pub(crate) use static_sql;
+
+#[cfg(test)]
+mod tests {
+    use diesel::sql_types::{Int4, Text};
+
+    use super::*;
+
+    static_sql!(Example = "SELECT $1::text, $2 + 1, '$' AS dollar, $1");
+
+    #[test]
+    fn placeholders_become_binds_in_order() {
+        let query =
+            Prepared::<Example, _>::new((Bind::<Text, _>::new("a"), Bind::<Int4, _>::new(1)));
+        let sql = diesel::debug_query::<Pg, _>(&query).to_string();
+        assert!(
+            sql.starts_with("SELECT $1::text, $2 + 1, '$' AS dollar, $3"),
+            "{sql}"
+        );
+        assert!(sql.contains(r#"binds: ["a", 1, "a"]"#), "{sql}");
+    }
+}
