@@ -1,0 +1,11 @@
+-- A bridge between two known customers: lock, match both, load both, merge the
+-- younger into the older. Repeated bridges of merged pairs take the same path
+-- minus the UPDATE's effect, as in the service.
+\set i random(1, :keys)
+\set j random(1, :keys)
+BEGIN;
+SELECT pg_advisory_xact_lock(least(e, p)), pg_advisory_xact_lock(greatest(e, p)) FROM (SELECT hashtextextended('email:' || 'p' || :i || '@prefill.test', 0) AS e, hashtextextended('phone:' || '5' || :j, 0) AS p) AS keys;
+SELECT id, phone_number, email, linked_id, created_at, updated_at FROM contacts WHERE deleted_at IS NULL AND id IN (SELECT coalesce(linked_id, id) FROM contacts WHERE deleted_at IS NULL AND (email = 'p' || :i || '@prefill.test' OR phone_number = '5' || :j)) ORDER BY id FOR UPDATE;
+SELECT id, phone_number, email, linked_id, created_at, updated_at FROM contacts WHERE deleted_at IS NULL AND (id = ANY(ARRAY[:i, :j]::int[]) OR linked_id = ANY(ARRAY[:i, :j]::int[])) ORDER BY created_at, id;
+UPDATE contacts SET linked_id = least(:i::int, :j::int), link_precedence = 'secondary', updated_at = clock_timestamp() WHERE :i::int <> :j::int AND (id = greatest(:i::int, :j::int) OR linked_id = greatest(:i::int, :j::int)) AND id <> least(:i::int, :j::int);
+COMMIT;

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Benchmarks of BENCHMARKS.md, side by side in one sitting on one PostgreSQL:
+#   1. the default mix at 1, 16 and 64 connections: loadgen against the release
+#      server, and pgbench running the same SQL the server sends (the floor);
+#   2. p99 at 64 connections as the table grows (prefilled with generate_series).
+# Figures are medians of REPEATS runs. Raw results go to $OUT (target/bench).
+#
+#   bench/run.sh                          # everything (about 25 minutes)
+#   SIZES="100000" REPEATS=1 bench/run.sh # a quick look
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
+REPEATS="${REPEATS:-3}"
+CONNECTIONS="${CONNECTIONS:-1 16 64}"
+SIZES="${SIZES:-100000 1000000 10000000}"
+POOL_SIZE="${POOL_SIZE:-16}"
+KEYS="${KEYS:-1000}"
+MIX="new=30,repeat=40,extend=15,bridge=15"
+OUT="$(pwd)/${OUT:-target/bench}"
+
+cargo build --release --quiet
+server_bin="$(pwd)/target/release/identity-reconciliation"
+loadgen_bin="$(pwd)/target/release/loadgen"
+
+pg_bin="${PG_BIN_DIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}"
+rm -rf "$OUT" && mkdir -p "$OUT/runs"
+run_as=()
+if [ "$(id -u)" = 0 ]; then
+  run_as=(setpriv --reuid=postgres --regid=postgres --clear-groups --)
+  chown postgres: "$OUT"
+fi
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+"${run_as[@]}" "$pg_bin/initdb" -D "$OUT/pgdata" -U postgres --auth=trust --no-locale -E UTF8 >/dev/null
+"${run_as[@]}" "$pg_bin/pg_ctl" -D "$OUT/pgdata" -l "$OUT/postgres.log" -w start -o \
+  "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=200 \
+   -c shared_buffers=1GB -c synchronous_commit=off -c max_wal_size=4GB -c checkpoint_timeout=30min" >/dev/null
+stop_postgres() { "${run_as[@]}" "$pg_bin/pg_ctl" -D "$OUT/pgdata" -m fast -w stop >/dev/null 2>&1 || true; }
+trap 'kill $(jobs -p) 2>/dev/null || true; stop_postgres' EXIT
+
+admin_url="postgres://postgres@127.0.0.1:$port/postgres"
+psql_admin() { "$pg_bin/psql" -q -X -v ON_ERROR_STOP=1 "$admin_url" "$@"; }
+
+fresh_database() { # name rows
+  psql_admin -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1"
+  local url="postgres://postgres@127.0.0.1:$port/$1"
+  DATABASE_URL="$url" RUST_LOG=error "$server_bin" migrate
+  "$pg_bin/psql" -q -X -v ON_ERROR_STOP=1 "$url" -v rows="$2" -f bench/prefill.sql
+  "$pg_bin/psql" -q -X "$url" -c "VACUUM ANALYZE contacts"
+  echo "$url"
+}
+
+server_pid=""
+start_server() { # url
+  DATABASE_URL="$1" PORT=3900 DB_POOL_SIZE="$POOL_SIZE" RUST_LOG=error "$server_bin" &
+  server_pid=$!
+  for _ in $(seq 1 200); do curl -fs http://127.0.0.1:3900/readyz >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "server did not start" >&2; exit 1
+}
+stop_server() { # prints peak RSS in KiB
+  local peak
+  peak="$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")"
+  kill -TERM "$server_pid"; wait "$server_pid" || true
+  echo "$peak"
+}
+
+loadgen_run() { # connections label
+  "$loadgen_bin" --url http://127.0.0.1:3900 --connections "$1" --duration "$SECONDS_PER_RUN" \
+    --keys "$KEYS" --mix "$MIX" --progress 0 --max-error-rate 0 --json "$OUT/runs/$2.json" >/dev/null
+}
+
+pgbench_run() { # url clients label
+  local threads=$(( $2 < 2 ? 1 : 2 ))
+  "$pg_bin/pgbench" -n -M prepared -c "$2" -j "$threads" -T "$SECONDS_PER_RUN" -D keys="$KEYS" \
+    -f bench/pgbench/new.sql@30 -f bench/pgbench/repeat.sql@40 \
+    -f bench/pgbench/extend.sql@15 -f bench/pgbench/bridge.sql@15 "$1" >"$OUT/runs/$3.txt" 2>&1
+}
+
+echo "== connection sweep (prefill 100000 contacts, $REPEATS x ${SECONDS_PER_RUN}s each)"
+url="$(fresh_database bench_sweep 100000 | tail -1)"
+start_server "$url"
+for repeat in $(seq 1 "$REPEATS"); do
+  for c in $CONNECTIONS; do
+    pgbench_run "$url" "$c" "pgbench-c$c-r$repeat"
+    loadgen_run "$c" "server-c$c-r$repeat"
+    echo "   repeat $repeat, $c connections done"
+  done
+done
+echo "$(stop_server)" >"$OUT/runs/server-peak-rss-kib.txt"
+
+echo "== table size (64 connections)"
+for size in $SIZES; do
+  url="$(fresh_database "bench_$size" "$size" | tail -1)"
+  start_server "$url"
+  for repeat in $(seq 1 "$REPEATS"); do
+    loadgen_run 64 "size-$size-r$repeat"
+  done
+  stop_server >/dev/null
+  psql_admin -c "DROP DATABASE bench_$size"
+  echo "   $size contacts done"
+done
+
+python3 bench/summarize.py "$OUT" | tee "$OUT/results.md"

@@ -1,0 +1,55 @@
+"""Turns the raw runs of bench/run.sh into the tables of BENCHMARKS.md (medians)."""
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+
+out = sys.argv[1]
+runs = os.path.join(out, "runs")
+
+
+def loadgen(pattern):
+    return [json.load(open(path)) for path in sorted(glob.glob(os.path.join(runs, pattern)))]
+
+
+def pgbench_tps(pattern):
+    values = []
+    for path in sorted(glob.glob(os.path.join(runs, pattern))):
+        match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", open(path).read())
+        if match:
+            values.append(float(match.group(1)))
+    return values
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+connections = sorted({int(m) for m in re.findall(r"server-c(\d+)-", " ".join(os.listdir(runs)))})
+print("| connections | server req/s | p50 ms | p99 ms | pgbench floor tps | server / floor |")
+print("|---|---|---|---|---|---|")
+for c in connections:
+    server = loadgen(f"server-c{c}-r*.json")
+    rps = median([r["ok_rps"] for r in server])
+    p50 = median([r["latency_ms"]["p50"] for r in server])
+    p99 = median([r["latency_ms"]["p99"] for r in server])
+    floor = median(pgbench_tps(f"pgbench-c{c}-r*.txt"))
+    print(f"| {c} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {floor:.0f} | {rps / floor:.0%} |")
+
+peak = open(os.path.join(runs, "server-peak-rss-kib.txt")).read().strip()
+print(f"\nServer peak RSS over the sweep: {int(peak) / 1024:.1f} MiB\n")
+
+sizes = sorted({int(m) for m in re.findall(r"size-(\d+)-", " ".join(os.listdir(runs)))})
+if sizes:
+    print("| contacts before the run | req/s | p50 ms | p99 ms | p99 / p99 at smallest |")
+    print("|---|---|---|---|---|")
+    base = None
+    for size in sizes:
+        results = loadgen(f"size-{size}-r*.json")
+        p99 = median([r["latency_ms"]["p99"] for r in results])
+        base = base or p99
+        rps = median([r["ok_rps"] for r in results])
+        p50 = median([r["latency_ms"]["p50"] for r in results])
+        print(f"| {size:,} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {p99 / base:.2f} |")
