@@ -15,8 +15,8 @@ REPEATS="${REPEATS:-3}"
 CONNECTIONS="${CONNECTIONS:-1 16 64}"
 SIZES="${SIZES:-100000 1000000 10000000}"
 POOL_SIZE="${POOL_SIZE:-16}"
-KEYS="${KEYS:-1000}"
-MIX="new=30,repeat=40,extend=15,bridge=15"
+KEYS="${KEYS:-10000}"
+MIX="${MIX:-new=35,repeat=45,extend=15,bridge=5}"  # loadgen's default
 OUT="$(pwd)/${OUT:-target/bench}"
 
 cargo build --release --quiet
@@ -64,16 +64,25 @@ stop_server() { # prints peak RSS in KiB
   echo "$peak"
 }
 
+cpu_ticks() { # total busy ticks of the machine, and of the server process
+  awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat
+  awk '{print $14+$15}' "/proc/$server_pid/stat"
+}
+
 loadgen_run() { # connections label
+  local before after
+  before="$(cpu_ticks | tr '\n' ' ')"
   "$loadgen_bin" --url http://127.0.0.1:3900 --connections "$1" --duration "$SECONDS_PER_RUN" \
     --keys "$KEYS" --mix "$MIX" --progress 0 --max-error-rate 0 --json "$OUT/runs/$2.json" >/dev/null
+  after="$(cpu_ticks | tr '\n' ' ')"
+  echo "$before $after $(getconf CLK_TCK)" >"$OUT/runs/$2.cpu"
 }
 
 pgbench_run() { # url clients label
   local threads=$(( $2 < 2 ? 1 : 2 ))
   "$pg_bin/pgbench" -n -M prepared -c "$2" -j "$threads" -T "$SECONDS_PER_RUN" -D keys="$KEYS" \
-    -f bench/pgbench/new.sql@30 -f bench/pgbench/repeat.sql@40 \
-    -f bench/pgbench/extend.sql@15 -f bench/pgbench/bridge.sql@15 "$1" >"$OUT/runs/$3.txt" 2>&1
+    -f bench/pgbench/new.sql@35 -f bench/pgbench/repeat.sql@45 \
+    -f bench/pgbench/extend.sql@15 -f bench/pgbench/bridge.sql@5 "$1" >"$OUT/runs/$3.txt" 2>&1
 }
 
 echo "== connection sweep (prefill 100000 contacts, $REPEATS x ${SECONDS_PER_RUN}s each)"

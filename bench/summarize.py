@@ -23,20 +23,34 @@ def pgbench_tps(pattern):
     return values
 
 
+def cpu_per_request(pattern):
+    """Median CPU microseconds per answered request: (server, everything else)."""
+    server, rest = [], []
+    for path in sorted(glob.glob(os.path.join(runs, pattern))):
+        before_total, before_server, after_total, after_server, hz = map(float, open(path).read().split())
+        requests = json.load(open(path[: -len(".cpu")] + ".json"))["ok"]
+        if requests:
+            server_us = (after_server - before_server) / hz * 1e6 / requests
+            server.append(server_us)
+            rest.append((after_total - before_total) / hz * 1e6 / requests - server_us)
+    return median(server), median(rest)
+
+
 def median(values):
     return statistics.median(values) if values else float("nan")
 
 
 connections = sorted({int(m) for m in re.findall(r"server-c(\d+)-", " ".join(os.listdir(runs)))})
-print("| connections | server req/s | p50 ms | p99 ms | pgbench floor tps | server / floor |")
-print("|---|---|---|---|---|---|")
+print("| connections | server req/s | p50 ms | p99 ms | pgbench floor tps | server / floor | CPU µs/request: server | CPU µs/request: PostgreSQL + loadgen |")
+print("|---|---|---|---|---|---|---|---|")
 for c in connections:
     server = loadgen(f"server-c{c}-r*.json")
     rps = median([r["ok_rps"] for r in server])
     p50 = median([r["latency_ms"]["p50"] for r in server])
     p99 = median([r["latency_ms"]["p99"] for r in server])
     floor = median(pgbench_tps(f"pgbench-c{c}-r*.txt"))
-    print(f"| {c} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {floor:.0f} | {rps / floor:.0%} |")
+    server_cpu, rest_cpu = cpu_per_request(f"server-c{c}-r*.cpu")
+    print(f"| {c} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {floor:.0f} | {rps / floor:.0%} | {server_cpu:.0f} | {rest_cpu:.0f} |")
 
 peak = open(os.path.join(runs, "server-peak-rss-kib.txt")).read().strip()
 print(f"\nServer peak RSS over the sweep: {int(peak) / 1024:.1f} MiB\n")

@@ -3,9 +3,11 @@
 -- minus the UPDATE's effect, as in the service.
 \set i random(1, :keys)
 \set j random(1, :keys)
+-- the unlocked read that answers requests changing nothing
+WITH primaries AS (SELECT DISTINCT coalesce(linked_id, id) AS id FROM contacts WHERE deleted_at IS NULL AND (email = 'p' || :i || '@prefill.test' OR phone_number = '5' || :j)) SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at FROM contacts c JOIN primaries p ON c.id = p.id WHERE c.deleted_at IS NULL UNION ALL SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at FROM contacts c JOIN primaries p ON c.linked_id = p.id WHERE c.deleted_at IS NULL ORDER BY created_at, id;
 BEGIN;
 SELECT pg_advisory_xact_lock(least(e, p)), pg_advisory_xact_lock(greatest(e, p)) FROM (SELECT hashtextextended('email:' || 'p' || :i || '@prefill.test', 0) AS e, hashtextextended('phone:' || '5' || :j, 0) AS p) AS keys;
 SELECT id, phone_number, email, linked_id, created_at, updated_at FROM contacts WHERE deleted_at IS NULL AND id IN (SELECT coalesce(linked_id, id) FROM contacts WHERE deleted_at IS NULL AND (email = 'p' || :i || '@prefill.test' OR phone_number = '5' || :j)) ORDER BY id FOR UPDATE;
-SELECT id, phone_number, email, linked_id, created_at, updated_at FROM contacts WHERE deleted_at IS NULL AND (id = ANY(ARRAY[:i, :j]::int[]) OR linked_id = ANY(ARRAY[:i, :j]::int[])) ORDER BY created_at, id;
+WITH primaries AS (SELECT DISTINCT coalesce(linked_id, id) AS id FROM contacts WHERE deleted_at IS NULL AND (email = 'p' || :i || '@prefill.test' OR phone_number = '5' || :j)) SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at FROM contacts c JOIN primaries p ON c.id = p.id WHERE c.deleted_at IS NULL UNION ALL SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at FROM contacts c JOIN primaries p ON c.linked_id = p.id WHERE c.deleted_at IS NULL ORDER BY created_at, id;
 UPDATE contacts SET linked_id = least(:i::int, :j::int), link_precedence = 'secondary', updated_at = clock_timestamp() WHERE :i::int <> :j::int AND (id = greatest(:i::int, :j::int) OR linked_id = greatest(:i::int, :j::int)) AND id <> least(:i::int, :j::int);
 COMMIT;

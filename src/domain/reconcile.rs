@@ -5,6 +5,8 @@
 //! [`Identity::from_members`]. Keeping this free of I/O lets it be checked against a
 //! naive model with random request sequences (see the property test below).
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 
 use super::{Email, IdentifyRequest, Phone};
@@ -158,16 +160,19 @@ impl Identity {
         members.sort_by_key(|contact| (contact.id != primary_id, contact.contact_order()));
         members.dedup_by_key(|contact| contact.id);
 
+        // Sets, not `Vec::contains`: an identity can have thousands of members.
+        let mut seen_emails: HashSet<&Email> = HashSet::with_capacity(members.len());
+        let mut seen_phones: HashSet<&Phone> = HashSet::with_capacity(members.len());
         let mut emails: Vec<Email> = Vec::new();
         let mut phone_numbers: Vec<Phone> = Vec::new();
         for contact in &members {
             if let Some(email) = &contact.email
-                && !emails.contains(email)
+                && seen_emails.insert(email)
             {
                 emails.push(email.clone());
             }
             if let Some(phone) = &contact.phone
-                && !phone_numbers.contains(phone)
+                && seen_phones.insert(phone)
             {
                 phone_numbers.push(phone.clone());
             }

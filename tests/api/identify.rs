@@ -313,8 +313,8 @@ async fn health_and_readiness_answer() {
 }
 
 /// Statements per identify, transaction control included. Round trips are fewer:
-/// the three reads go in one, the writes in one (see `service`). A merge never
-/// inserts: it takes an email of one identity and a phone of another, both known.
+/// the three locked reads go in one, the writes in one (see `service`). A merge
+/// never inserts: it takes an email of one identity and a phone of another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_path_sends_a_fixed_number_of_statements() {
     let app = spawn_app().await;
@@ -328,20 +328,29 @@ async fn each_path_sends_a_fixed_number_of_statements() {
     };
     // The first request opens the pool's connection, which sends its own setup.
     app.identify(Some("warm-up@x.io"), None).await;
-    // BEGIN, value locks, primary locks, members, [one write], COMMIT.
-    assert_eq!(statements("a@x.io", "1").await, 6, "new primary: + insert");
-    assert_eq!(statements("a@x.io", "1").await, 5, "repeat: no write");
+    // Unlocked read; then BEGIN, value locks, primary locks, members, a write, COMMIT.
+    assert_eq!(statements("a@x.io", "1").await, 7, "new primary: + insert");
+    assert_eq!(
+        statements("a@x.io", "1").await,
+        1,
+        "repeat: the unlocked read only"
+    );
     assert_eq!(
         statements("a@x.io", "2").await,
-        6,
+        7,
         "new secondary: + insert"
     );
     app.identify(Some("b@x.io"), Some("3")).await;
-    assert_eq!(statements("b@x.io", "2").await, 6, "merge: + re-link");
+    assert_eq!(statements("b@x.io", "2").await, 7, "merge: + re-link");
     assert_eq!(
         statements("b@x.io", "2").await,
-        5,
-        "the same bridge again: no write"
+        1,
+        "the same bridge again: read only"
+    );
+    assert_eq!(
+        statements("a@x.io", "3").await,
+        1,
+        "values of one identity: read only"
     );
     app.assert_invariants().await;
 }
