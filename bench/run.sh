@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
 REPEATS="${REPEATS:-3}"
 CONNECTIONS="${CONNECTIONS:-1 16 64}"
-SIZES="${SIZES:-100000 1000000 10000000}"
+SIZES="${SIZES-100000 1000000 10000000}"  # SIZES="" skips the table-size runs
 POOL_SIZE="${POOL_SIZE:-16}"
 KEYS="${KEYS:-10000}"
 MIX="${MIX:-new=35,repeat=45,extend=15,bridge=5}"  # loadgen's default
@@ -52,7 +52,8 @@ fresh_database() { # name rows
 
 server_pid=""
 start_server() { # url
-  DATABASE_URL="$1" PORT=3900 DB_POOL_SIZE="$POOL_SIZE" RUST_LOG=error "$server_bin" &
+  env ${SERVER_WORKERS:+TOKIO_WORKER_THREADS=$SERVER_WORKERS} \
+    DATABASE_URL="$1" PORT=3900 DB_POOL_SIZE="$POOL_SIZE" RUST_LOG=error "$server_bin" &
   server_pid=$!
   for _ in $(seq 1 200); do curl -fs http://127.0.0.1:3900/readyz >/dev/null 2>&1 && return; sleep 0.1; done
   echo "server did not start" >&2; exit 1

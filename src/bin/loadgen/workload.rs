@@ -238,6 +238,10 @@ struct Known {
     phone: u64,
 }
 
+/// Bridges are sent as new customers until the pool holds this many requests (or is
+/// full, when the key space is smaller).
+const BRIDGE_CROWD: usize = 1000;
+
 /// The key space: the last `capacity` distinct acknowledged requests.
 ///
 /// Only acknowledged requests enter, so that repeat, extend and bridge build on
@@ -315,6 +319,9 @@ impl Workload {
             match kind {
                 Kind::New => None,
                 Kind::Repeat | Kind::Extend => pool.pick(rng).map(|known| (known, known)),
+                // Bridges between a handful of customers would merge them all into
+                // one giant identity before the key space fills; wait for a crowd.
+                Kind::Bridge if pool.order.len() < pool.capacity.min(BRIDGE_CROWD) => None,
                 Kind::Bridge => pool.pick_two(rng),
             }
         };
