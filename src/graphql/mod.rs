@@ -65,7 +65,16 @@ async fn execute(State(schema): State<AppSchema>, request: GraphQLRequest) -> Gr
         .into_inner()
         .data(loader(ContactLoader::new(state.pool.clone())))
         .data(loader(MembersLoader::new(state.pool.clone())));
-    schema.execute(request).await.into()
+    let mut response = schema.execute(request).await;
+    // Errors raised before any resolver ran (syntax, unknown fields, wrong argument
+    // types, depth and complexity limits) are the client's: give them a code too.
+    for error in &mut response.errors {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_none() {
+            extensions.set("code", ErrorCode::BadUserInput.as_str());
+        }
+    }
+    response.into()
 }
 
 fn loader<L>(loader: L) -> DataLoader<L, HashMapCache>

@@ -116,7 +116,11 @@ async fn identify_bad_input_gets_the_rest_message() {
             json!({}),
         )
         .await;
-    assert!(response["errors"].is_array());
+    assert_eq!(error_code(&response), "BAD_USER_INPUT", "{response}");
+    let response = app.graphql("{ nosuchfield }", json!({})).await;
+    assert_eq!(error_code(&response), "BAD_USER_INPUT", "{response}");
+    let response = app.graphql("{ contact(id: ", json!({})).await;
+    assert_eq!(error_code(&response), "BAD_USER_INPUT", "{response}");
     assert_eq!(app.row_count().await, 0);
 }
 
@@ -336,6 +340,7 @@ async fn abusive_queries_are_refused() {
         .await;
     let message = response["errors"][0]["message"].as_str().unwrap();
     assert!(message.contains("nested too deep"), "{response}");
+    assert_eq!(error_code(&response), "BAD_USER_INPUT");
     assert!(response.get("data").is_none() || response["data"].is_null());
 
     // Complexity: many full pages with nested identities under aliases.

@@ -3,6 +3,7 @@
 
 mod browser;
 mod concurrency;
+mod generated;
 mod graphql;
 mod helpers;
 mod identify;
