@@ -377,3 +377,77 @@ impl TestApp {
         identities
     }
 }
+
+/// The server binary of this crate, as built for the tests.
+pub const SERVER_BINARY: &str = env!("CARGO_BIN_EXE_identity-reconciliation");
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real server binary as a child process, over `database_url`; killed on drop.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl ServerProcess {
+    /// Starts the server on `port` and waits until it is ready.
+    pub async fn start(database_url: &str, port: u16) -> ServerProcess {
+        let child = std::process::Command::new(SERVER_BINARY)
+            .args(["--port", &port.to_string()])
+            .args([
+                "--db-acquire-timeout-ms",
+                "1000",
+                "--shutdown-timeout-secs",
+                "20",
+            ])
+            .env("DATABASE_URL", database_url)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = ServerProcess { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !server.ready().await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server on {port} never became ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn ready(&self) -> bool {
+        matches!(reqwest::get(self.url("/readyz")).await, Ok(r) if r.status() == 200)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

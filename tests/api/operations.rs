@@ -1,15 +1,17 @@
 //! Operability: request ids, metrics, rate limiting, timeouts, readiness with the
 //! database down, CORS, the OpenAPI document, graceful shutdown and `check`.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestDatabase, spawn_app, spawn_app_with, spawn_app_without_database};
+use crate::helpers::{
+    ServerProcess, TestDatabase, free_port, spawn_app, spawn_app_with, spawn_app_without_database,
+};
 
-const SERVER: &str = env!("CARGO_BIN_EXE_identity-reconciliation");
+use crate::helpers::SERVER_BINARY as SERVER;
 
 /// Holds PostgreSQL's advisory lock on an email's key, so that an identify for
 /// that email waits: a deterministic slow request.
@@ -315,60 +317,10 @@ async fn the_openapi_document_is_served() {
     }
 }
 
-/// The real binary, on its own port, over `database_url`.
-struct ServerProcess {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl ServerProcess {
-    async fn start(database_url: &str) -> ServerProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(SERVER)
-            .args(["--port", &port.to_string(), "--shutdown-timeout-secs", "20"])
-            .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = ServerProcess { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while reqwest::get(server.url("/healthz")).await.is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_request_in_flight_complete() {
     let database = TestDatabase::create().await;
-    let mut server = ServerProcess::start(&database.url).await;
+    let mut server = ServerProcess::start(&database.url, free_port()).await;
     let lock = hold_email_lock(&database.url, "inflight@x.io").await;
     let client = reqwest::Client::new();
     let in_flight = tokio::spawn({

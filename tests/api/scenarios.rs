@@ -9,16 +9,15 @@
 //! ```
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::helpers::TestDatabase;
+use crate::helpers::{SERVER_BINARY as SERVER, ServerProcess, TestDatabase, free_port};
 
-const SERVER: &str = env!("CARGO_BIN_EXE_identity-reconciliation");
 const LOADGEN: &str = env!("CARGO_BIN_EXE_loadgen");
 
 /// The scenarios load the machine; running two at once would only measure that.
@@ -31,73 +30,12 @@ fn load_seconds() -> u64 {
         .unwrap_or(3)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn scratch_dir(name: &str) -> PathBuf {
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// One server process on a port of its own.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    async fn start(database_url: &str, port: u16) -> Server {
-        let child = Command::new(SERVER)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--db-acquire-timeout-ms",
-                "1000",
-            ])
-            .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Server { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !server.ready().await {
-            assert!(
-                Instant::now() < deadline,
-                "server on {port} never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    async fn ready(&self) -> bool {
-        matches!(reqwest::get(format!("{}/readyz", self.url())).await, Ok(r) if r.status() == 200)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Runs loadgen to completion in a blocking thread; returns its output and summary.
@@ -173,11 +111,11 @@ async fn run_loadgen(
 async fn heavy_contention_on_a_small_key_space() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create().await;
-    let server = Server::start(&database.url, free_port()).await;
+    let server = ServerProcess::start(&database.url, free_port()).await;
     let report = scratch_dir("contention").join("report.json");
     let seconds = load_seconds().to_string();
     let (output, summary) = run_loadgen(
-        vec![server.url()],
+        vec![server.url("")],
         database.url.clone(),
         [
             "--connections",
@@ -207,12 +145,12 @@ async fn heavy_contention_on_a_small_key_space() {
 async fn two_server_processes_share_one_database() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create().await;
-    let first = Server::start(&database.url, free_port()).await;
-    let second = Server::start(&database.url, free_port()).await;
+    let first = ServerProcess::start(&database.url, free_port()).await;
+    let second = ServerProcess::start(&database.url, free_port()).await;
     let report = scratch_dir("two-servers").join("report.json");
     let seconds = load_seconds().to_string();
     let (output, summary) = run_loadgen(
-        vec![first.url(), second.url()],
+        vec![first.url(""), second.url("")],
         database.url.clone(),
         [
             "--connections",
@@ -248,11 +186,11 @@ async fn postgres_stopped_mid_load_then_started_again() {
     };
     let mut postgres = EmbeddedPostgres::start(&options).unwrap();
     let database_url = postgres.url("postgres");
-    let server = Server::start(&database_url, free_port()).await;
+    let server = ServerProcess::start(&database_url, free_port()).await;
 
     let seconds = load_seconds() + 8;
     let load = tokio::spawn(run_loadgen(
-        vec![server.url()],
+        vec![server.url("")],
         database_url.clone(),
         [
             "--connections",
@@ -284,7 +222,7 @@ async fn postgres_stopped_mid_load_then_started_again() {
     let client = reqwest::Client::new();
     let started = Instant::now();
     let answer = client
-        .post(format!("{}/identify", server.url()))
+        .post(server.url("/identify"))
         .json(&serde_json::json!({"email": "during-outage@x.io"}))
         .send()
         .await
@@ -340,10 +278,10 @@ async fn server_killed_mid_load_then_restarted() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create().await;
     let port = free_port();
-    let mut server = Server::start(&database.url, port).await;
+    let mut server = ServerProcess::start(&database.url, port).await;
     let seconds = load_seconds() + 4;
     let load = tokio::spawn(run_loadgen(
-        vec![server.url()],
+        vec![server.url("")],
         database.url.clone(),
         [
             "--connections",
@@ -366,7 +304,7 @@ async fn server_killed_mid_load_then_restarted() {
     tokio::time::sleep(Duration::from_secs(load_seconds().div_ceil(2))).await;
     server.kill(); // SIGKILL: no graceful anything
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let _restarted = Server::start(&database.url, port).await;
+    let _restarted = ServerProcess::start(&database.url, port).await;
 
     let (output, summary) = load.await.unwrap();
     assert_passed(&output, &summary);
