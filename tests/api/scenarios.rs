@@ -38,6 +38,39 @@ fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A private PostgreSQL owned by a thread of its own. The server is tied to the life
+/// of the thread that started it (see `db::embedded`), so it must not be started
+/// from a pool thread that may retire mid-test.
+struct PostgresThread {
+    url: String,
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PostgresThread {
+    fn start(options: EmbeddedOptions) -> PostgresThread {
+        let (started, url) = std::sync::mpsc::channel();
+        let (stop, stopping) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut postgres = EmbeddedPostgres::start(&options).expect("start PostgreSQL");
+            started.send(postgres.url("postgres")).unwrap();
+            let _ = stopping.recv();
+            postgres.stop();
+        });
+        PostgresThread {
+            url: url.recv().expect("PostgreSQL started"),
+            stop,
+            thread,
+        }
+    }
+
+    /// Fast shutdown; returns once PostgreSQL has exited.
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
 /// Runs loadgen to completion in a blocking thread; returns its output and summary.
 fn loadgen(
     urls: &[String],
@@ -184,8 +217,8 @@ async fn postgres_stopped_mid_load_then_started_again() {
         bin_dir: None,
         port: Some(pg_port),
     };
-    let mut postgres = EmbeddedPostgres::start(&options).unwrap();
-    let database_url = postgres.url("postgres");
+    let postgres = PostgresThread::start(options.clone());
+    let database_url = postgres.url.clone();
     let server = ServerProcess::start(&database_url, free_port()).await;
 
     let seconds = load_seconds() + 8;
@@ -213,12 +246,9 @@ async fn postgres_stopped_mid_load_then_started_again() {
     tokio::time::sleep(Duration::from_secs(load_seconds().div_ceil(2))).await;
 
     // Stop PostgreSQL under load: the server answers 503 promptly, and says it is not ready.
-    tokio::task::spawn_blocking(move || {
-        postgres.stop();
-        postgres
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(move || postgres.stop())
+        .await
+        .unwrap();
     let client = reqwest::Client::new();
     let started = Instant::now();
     let answer = client
@@ -239,10 +269,9 @@ async fn postgres_stopped_mid_load_then_started_again() {
     );
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut postgres =
-        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&options).unwrap())
-            .await
-            .unwrap();
+    let postgres = tokio::task::spawn_blocking(move || PostgresThread::start(options))
+        .await
+        .unwrap();
     let restarted = Instant::now();
     while !server.ready().await {
         assert!(
@@ -270,7 +299,9 @@ async fn postgres_stopped_mid_load_then_started_again() {
     );
     server_check(&database_url);
     drop(server);
-    postgres.stop();
+    tokio::task::spawn_blocking(move || postgres.stop())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
