@@ -126,18 +126,23 @@ fn count(summary: &Value, section: &str, key: &str) -> u64 {
     summary[section][key].as_u64().unwrap_or(0)
 }
 
-async fn run_loadgen(
+/// Runs loadgen in a blocking thread; the arguments are copied, so the returned
+/// future borrows nothing and can be spawned.
+fn run_loadgen(
     urls: Vec<String>,
     database_url: String,
-    args: Vec<String>,
+    args: &[&str],
     report: PathBuf,
-) -> (Output, Value) {
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        loadgen(&urls, &database_url, &args, &report)
-    })
-    .await
-    .unwrap()
+) -> impl Future<Output = (Output, Value)> + Send + 'static {
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    async move {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            loadgen(&urls, &database_url, &args, &report)
+        })
+        .await
+        .unwrap()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +155,7 @@ async fn heavy_contention_on_a_small_key_space() {
     let (output, summary) = run_loadgen(
         vec![server.url("")],
         database.url.clone(),
-        [
+        &[
             "--connections",
             "64",
             "--keys",
@@ -159,9 +164,7 @@ async fn heavy_contention_on_a_small_key_space() {
             &seconds,
             "--seed",
             "64",
-        ]
-        .map(String::from)
-        .to_vec(),
+        ],
         report,
     )
     .await;
@@ -185,7 +188,7 @@ async fn two_server_processes_share_one_database() {
     let (output, summary) = run_loadgen(
         vec![first.url(""), second.url("")],
         database.url.clone(),
-        [
+        &[
             "--connections",
             "32",
             "--keys",
@@ -194,9 +197,7 @@ async fn two_server_processes_share_one_database() {
             &seconds,
             "--seed",
             "2",
-        ]
-        .map(String::from)
-        .to_vec(),
+        ],
         report,
     )
     .await;
@@ -225,7 +226,7 @@ async fn postgres_stopped_mid_load_then_started_again() {
     let load = tokio::spawn(run_loadgen(
         vec![server.url("")],
         database_url.clone(),
-        [
+        &[
             "--connections",
             "16",
             "--keys",
@@ -238,9 +239,7 @@ async fn postgres_stopped_mid_load_then_started_again() {
             "4000",
             "--max-error-rate",
             "1",
-        ]
-        .map(String::from)
-        .to_vec(),
+        ],
         dir.join("report.json"),
     ));
     tokio::time::sleep(Duration::from_secs(load_seconds().div_ceil(2))).await;
@@ -314,7 +313,7 @@ async fn server_killed_mid_load_then_restarted() {
     let load = tokio::spawn(run_loadgen(
         vec![server.url("")],
         database.url.clone(),
-        [
+        &[
             "--connections",
             "32",
             "--keys",
@@ -327,9 +326,7 @@ async fn server_killed_mid_load_then_restarted() {
             "3000",
             "--max-error-rate",
             "1",
-        ]
-        .map(String::from)
-        .to_vec(),
+        ],
         scratch_dir("sigkill").join("report.json"),
     ));
     tokio::time::sleep(Duration::from_secs(load_seconds().div_ceil(2))).await;
