@@ -13,6 +13,7 @@ use axum::{Json, Router, middleware};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::Config;
 use crate::db::{DbPool, StatementCounter};
@@ -26,7 +27,7 @@ pub struct App {
     pub pool: DbPool,
     /// Counts the statements `pool`'s connections send.
     pub statements: StatementCounter,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// `None` when rate limiting is off (the default).
     pub rate_limiter: Option<RateLimiter>,
     pub config: Config,
@@ -41,7 +42,7 @@ impl AppState {
         Self(Arc::new(App {
             pool,
             statements,
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
             rate_limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
             config,
         }))
@@ -72,6 +73,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Listed innermost first: the last layer sees the request first.
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::middleware::refuse_oversized_body,
+        ))
         .layer(CatchPanicLayer::custom(|_| -> Response {
             tracing::error!("request handler panicked");
             ApiError::Internal.into_response()
@@ -88,6 +93,23 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state,
             crate::middleware::observe,
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        // JSON answers load nothing; the GraphiQL page sets a policy of its own.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
         ))
 }
 
@@ -136,16 +158,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let deadline = state.config.shutdown_timeout();
+    let limits = state.config.connection_limits();
+    tracing::debug!(?limits, "connection limits");
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         let _ = stopping.send(());
     };
-    let server = axum::serve(
+    let server = crate::server::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal);
+        router(state.clone()),
+        limits,
+        state.metrics.clone(),
+        signal,
+    );
     let give_up = async move {
         if stopped.await.is_ok() {
             tokio::time::sleep(deadline).await;
@@ -154,7 +180,7 @@ pub async fn serve(
         }
     };
     tokio::select! {
-        result = server => result,
+        () = server => Ok(()),
         () = give_up => {
             tracing::warn!(
                 seconds = deadline.as_secs(),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::db::PoolSettings;
+use crate::server::{ConnectionLimits, effective_max_connections};
 
 #[derive(Debug, Parser)]
 #[command(name = "identity-reconciliation", version, about)]
@@ -69,6 +70,62 @@ pub struct Config {
     /// Largest request body accepted, in bytes (413 beyond).
     #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 16 * 1024, global = true)]
     pub body_limit_bytes: usize,
+
+    /// Largest `/graphql` request body accepted, in bytes (413 beyond). GraphiQL's
+    /// schema query is about 2 KB; real operations rarely reach 10 KB.
+    #[arg(long, env = "GRAPHQL_BODY_LIMIT_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub graphql_body_limit_bytes: usize,
+
+    /// Most `identify` mutations one GraphQL document may run; each counts against
+    /// the rate limit. Bulk writes belong in a batch API.
+    #[arg(
+        long,
+        env = "GRAPHQL_MAX_IDENTIFY_PER_REQUEST",
+        default_value_t = 10,
+        global = true
+    )]
+    pub graphql_max_identify_per_request: usize,
+
+    /// Most field selections in one GraphQL document, fragments included (GraphiQL's
+    /// schema query has about 60).
+    #[arg(long, env = "GRAPHQL_MAX_FIELDS", default_value_t = 300, global = true)]
+    pub graphql_max_fields: usize,
+
+    /// Most aliased fields in one GraphQL document.
+    #[arg(long, env = "GRAPHQL_MAX_ALIASES", default_value_t = 30, global = true)]
+    pub graphql_max_aliases: usize,
+
+    /// Largest GraphQL answer, in bytes; a bigger one is replaced by an error.
+    #[arg(
+        long,
+        env = "GRAPHQL_MAX_RESPONSE_BYTES",
+        default_value_t = 4 * 1024 * 1024,
+        global = true
+    )]
+    pub graphql_max_response_bytes: usize,
+
+    /// Seconds a client has to send a whole request head, from its first byte.
+    #[arg(
+        long,
+        env = "HTTP_HEADER_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub http_header_timeout_secs: u64,
+
+    /// Seconds a keep-alive connection may stay open with no request.
+    #[arg(
+        long,
+        env = "HTTP_IDLE_TIMEOUT_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub http_idle_timeout_secs: u64,
+
+    /// Most client connections open at once; lowered to fit the process's open-file
+    /// limit (whose soft value is raised to the hard one at start-up).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096, global = true)]
+    pub max_connections: usize,
 
     /// Seconds a request may take before it is answered 503 (its transaction still
     /// completes or rolls back on its own).
@@ -129,6 +186,14 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(self.http_idle_timeout_secs.max(1)),
+            max_connections: effective_max_connections(self.max_connections, self.pool_size),
+        }
     }
 
     pub fn pool_settings(&self) -> PoolSettings {

@@ -19,6 +19,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("request body must be JSON: send it with `Content-Type: application/json`")]
     UnsupportedMediaType,
+    /// A GraphQL request that is not a GraphQL-over-HTTP request this server takes.
+    #[error("{0}")]
+    BadRequest(String),
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -39,6 +42,7 @@ impl ApiError {
             ApiError::InvalidInput(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
@@ -53,6 +57,7 @@ impl ApiError {
             ApiError::InvalidInput(_) => "INVALID_INPUT",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ApiError::BadRequest(_) => "BAD_REQUEST",
             ApiError::NotFound => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::Unavailable => "SERVICE_UNAVAILABLE",
@@ -95,6 +100,34 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
+impl ApiError {
+    /// The error as a GraphQL-over-HTTP answer: `{"errors": [{message, extensions:
+    /// {code}}]}`, with the same status and headers as the REST rendering.
+    pub fn into_graphql_response(self) -> Response {
+        let body = serde_json::json!({
+            "errors": [{
+                "message": self.to_string(),
+                "extensions": {"code": self.code()},
+            }]
+        });
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_secs() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ApiError::Unavailable | ApiError::Timeout => Some(1),
+            ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let field = match &self {
@@ -111,12 +144,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status(), Json(body)).into_response();
-        let retry_after = match self {
-            ApiError::Unavailable | ApiError::Timeout => Some(1),
-            ApiError::RateLimited { retry_after_secs } => Some(retry_after_secs),
-            _ => None,
-        };
-        if let Some(seconds) = retry_after {
+        if let Some(seconds) = self.retry_after_secs() {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));

@@ -14,5 +14,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod rest;
+pub mod server;
 pub mod service;
+pub mod strict_json;
 pub mod telemetry;

@@ -67,7 +67,9 @@ fn start_private_postgres(config: &Config) -> Result<EmbeddedPostgres, String> {
     tracing::info!(
         data_dir = %server.data_dir().display(),
         port = server.port(),
-        "started private PostgreSQL (DATABASE_URL is not set)"
+        password_file = %db::embedded::password_file(server.data_dir()).display(),
+        "started private PostgreSQL on 127.0.0.1 (DATABASE_URL is not set); \
+         connecting needs the user postgres and the password in password_file"
     );
     Ok(server)
 }

@@ -25,7 +25,7 @@ const OUTCOMES: [Outcome; 4] = [
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct RequestKey {
     route: String,
-    method: String,
+    method: &'static str,
     status: u16,
 }
 
@@ -44,12 +44,40 @@ pub struct Metrics {
     outcomes: [AtomicU64; 4],
     merged_primaries: AtomicU64,
     rate_limited: AtomicU64,
+    connections_open: AtomicU64,
+    connections_refused: AtomicU64,
+    /// Closed by the server, by reason: `CLOSE_REASONS`.
+    connections_closed: [AtomicU64; CLOSE_REASONS.len()],
+}
+
+/// Why the server closed a connection (the values of a label, so a fixed set).
+const CLOSE_REASONS: [&str; 3] = ["header_timeout", "idle_timeout", "evicted"];
+
+/// Methods that get a label of their own; every other becomes `OTHER`, so a client
+/// cannot create series (or a 300 KB label) with made-up methods.
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// The metric and log label for a request method.
+pub fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|known| **known == method)
+        .copied()
+        .unwrap_or("OTHER")
 }
 
 impl Metrics {
     /// Records one answered request. `route` is the matched route pattern (never the
     /// raw path, which would let clients create series at will).
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+    pub fn observe_request(
+        &self,
+        route: &str,
+        method: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
         let seconds = elapsed.as_secs_f64();
         let bucket = LATENCY_BUCKETS
             .iter()
@@ -62,7 +90,7 @@ impl Metrics {
         let series = requests
             .entry(RequestKey {
                 route: route.to_owned(),
-                method: method.to_owned(),
+                method,
                 status,
             })
             .or_default();
@@ -82,6 +110,26 @@ impl Metrics {
 
     pub fn observe_rate_limited(&self) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn observe_connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn observe_connection_ended(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A new connection closed unserved: the cap was reached and none could be evicted.
+    pub fn observe_connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The server closed a connection; `reason` is one of `CLOSE_REASONS`.
+    pub fn observe_connection_closed(&self, reason: &str) {
+        if let Some(slot) = CLOSE_REASONS.iter().position(|known| *known == reason) {
+            self.connections_closed[slot].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The whole registry in Prometheus text format.
@@ -162,6 +210,34 @@ impl Metrics {
             self.rate_limited.load(Ordering::Relaxed)
         );
 
+        out.push_str("# HELP http_connections_open Client connections open now.\n");
+        out.push_str("# TYPE http_connections_open gauge\n");
+        let _ = writeln!(
+            out,
+            "http_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP http_connections_refused_total New connections closed at once: the cap was reached and every connection was busy.\n",
+        );
+        out.push_str("# TYPE http_connections_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "http_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP http_connections_closed_total Connections the server closed, by reason.\n",
+        );
+        out.push_str("# TYPE http_connections_closed_total counter\n");
+        for (reason, counter) in CLOSE_REASONS.iter().zip(self.connections_closed.iter()) {
+            let _ = writeln!(
+                out,
+                "http_connections_closed_total{{reason=\"{reason}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+
         let status = pool.status();
         let idle = status.available;
         let in_use = status.size.saturating_sub(idle);
@@ -194,6 +270,13 @@ fn labels(key: &RequestKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label("POST"), "POST");
+        assert_eq!(method_label(&"X".repeat(300_000)), "OTHER");
+        assert_eq!(method_label("post"), "OTHER");
+    }
 
     #[test]
     fn latency_lands_in_cumulative_buckets() {

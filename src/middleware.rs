@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
@@ -51,11 +51,11 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = crate::metrics::method_label(request.method().as_str());
     let span = tracing::info_span!(
         "request",
         request_id = %id.to_str().unwrap_or_default(),
-        method = %method,
+        method = method,
         route = %route,
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
@@ -75,7 +75,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     });
     state
         .metrics
-        .observe_request(&route, &method, status, elapsed);
+        .observe_request(&route, method, status, elapsed);
     response.headers_mut().insert(REQUEST_ID.clone(), id);
     response
 }
@@ -92,9 +92,58 @@ pub async fn timeout(State(state): State<AppState>, request: Request, next: Next
     }
 }
 
+/// Answers 413 at once when the declared `Content-Length` is over the route's limit,
+/// instead of reading (or waiting for) a body that will be refused anyway. Bodies
+/// without a length are cut at the limit by the handlers' extractors.
+pub async fn refuse_oversized_body(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit = if request.uri().path() == GRAPHQL_PATH {
+        state.config.graphql_body_limit_bytes
+    } else {
+        state.config.body_limit_bytes
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit as u64 => {
+            let error = ApiError::PayloadTooLarge { limit };
+            let mut response = error_for(request.uri().path(), error);
+            // The unread body would otherwise be drained before the next request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        _ => next.run(request).await,
+    }
+}
+
+/// The route GraphQL is served on: its errors take GraphQL's shape.
+pub const GRAPHQL_PATH: &str = "/graphql";
+
+/// `error` in the shape the route's clients read: GraphQL's `errors` list on
+/// `/graphql`, the REST error body elsewhere.
+pub fn error_for(path: &str, error: ApiError) -> Response {
+    if path == GRAPHQL_PATH {
+        error.into_graphql_response()
+    } else {
+        error.into_response()
+    }
+}
+
 /// Refuses clients over their rate with 429 and `Retry-After`. Probes and metrics
 /// are never limited, so an orchestrator cannot be locked out.
-pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn rate_limit(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let Some(limiter) = &state.rate_limiter else {
         return next.run(request).await;
     };
@@ -104,15 +153,26 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
     let Some(client) = client_address(&request, state.config.trust_forwarded_for) else {
         return next.run(request).await;
     };
-    match limiter.check(client, Instant::now()) {
-        Ok(()) => next.run(request).await,
+    match limiter.check(client, 1, Instant::now()) {
+        Ok(()) => {
+            // A handler whose request does several operations takes more tokens.
+            request.extensions_mut().insert(RateLimitClient(client));
+            next.run(request).await
+        }
         Err(retry_after) => {
             state.metrics.observe_rate_limited();
-            ApiError::RateLimited {
-                retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
-            }
-            .into_response()
+            error_for(request.uri().path(), rate_limited(retry_after))
         }
+    }
+}
+
+/// The rate-limit key of the request, for handlers that charge extra tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitClient(pub IpAddr);
+
+pub fn rate_limited(retry_after: Duration) -> ApiError {
+    ApiError::RateLimited {
+        retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
     }
 }
 
@@ -160,8 +220,15 @@ impl RateLimiter {
         })
     }
 
-    /// Takes a token for `client`, or says how long until one is available.
-    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+    /// Most tokens one client can hold, so the most one request can take.
+    pub fn burst(&self) -> f64 {
+        self.burst
+    }
+
+    /// Takes `tokens` tokens for `client` (all or none), or says how long until they
+    /// are available.
+    pub fn check(&self, client: IpAddr, tokens: u32, now: Instant) -> Result<(), Duration> {
+        let tokens = f64::from(tokens);
         let mut buckets = self
             .buckets
             .lock()
@@ -177,12 +244,12 @@ impl RateLimiter {
         let refill = now.duration_since(bucket.updated).as_secs_f64() * self.per_second;
         bucket.tokens = (bucket.tokens + refill).min(self.burst);
         bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens >= tokens {
+            bucket.tokens -= tokens;
             Ok(())
         } else {
             Err(Duration::from_secs_f64(
-                (1.0 - bucket.tokens) / self.per_second,
+                (tokens.min(self.burst) - bucket.tokens).max(0.0) / self.per_second,
             ))
         }
     }
@@ -198,17 +265,27 @@ mod tests {
         let client: IpAddr = "127.0.0.1".parse().unwrap();
         let start = Instant::now();
         for _ in 0..3 {
-            assert!(limiter.check(client, start).is_ok());
+            assert!(limiter.check(client, 1, start).is_ok());
         }
-        let wait = limiter.check(client, start).unwrap_err();
+        let wait = limiter.check(client, 1, start).unwrap_err();
         assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6);
         assert!(
             limiter
-                .check(client, start + Duration::from_millis(500))
+                .check(client, 1, start + Duration::from_millis(500))
                 .is_ok()
         );
         // Other clients have buckets of their own.
-        assert!(limiter.check("10.0.0.1".parse().unwrap(), start).is_ok());
+        assert!(limiter.check("10.0.0.1".parse().unwrap(), 1, start).is_ok());
+    }
+
+    #[test]
+    fn several_tokens_are_taken_all_or_none() {
+        let limiter = RateLimiter::new(1.0, Some(5)).unwrap();
+        let client: IpAddr = "127.0.0.1".parse().unwrap();
+        let start = Instant::now();
+        assert!(limiter.check(client, 4, start).is_ok());
+        assert!(limiter.check(client, 2, start).is_err(), "only 1 left");
+        assert!(limiter.check(client, 1, start).is_ok());
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! A private PostgreSQL server run from the locally installed server binaries, for
 //! the zero-setup run mode and for the test suite.
 //!
+//! The server listens on 127.0.0.1 only and lets nobody in without a password: the
+//! superuser's password is generated at `initdb`, kept beside the cluster in a file
+//! only its owner can read (`<data dir>.password`, mode 0600), and checked with
+//! `scram-sha-256` for every connection, TCP or socket. A local user who finds the
+//! port cannot connect; a cluster made by an older build, which trusted every local
+//! connection, is given a password the first time it is started.
+//!
 //! PostgreSQL refuses to run as root, so as root the server runs as the `postgres`
 //! user (or `nobody`) through `setpriv`. `setpriv --pdeathsig` also ties the server
 //! to the thread that started it: if that process dies, even by SIGKILL, PostgreSQL
@@ -15,6 +22,12 @@ use std::time::{Duration, Instant};
 
 /// The superuser `initdb` creates; the server only listens on loopback.
 const SUPERUSER: &str = "postgres";
+/// Who may connect, and how: everyone with the password, nobody without.
+const PG_HBA: &str = "# Written by identity-reconciliation: password (SCRAM) for every connection.
+local all all scram-sha-256
+host  all all 127.0.0.1/32 scram-sha-256
+host  all all ::1/128 scram-sha-256
+";
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -40,6 +53,8 @@ pub enum EmbeddedError {
     Initdb(String),
     #[error("PostgreSQL did not start: {0}")]
     Start(String),
+    #[error("could not give the private PostgreSQL a password: {0}")]
+    Password(String),
 }
 
 fn io_context(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EmbeddedError {
@@ -67,6 +82,7 @@ pub struct EmbeddedPostgres {
     child: Option<Child>,
     port: u16,
     data_dir: PathBuf,
+    password: String,
 }
 
 /// The unprivileged account to run PostgreSQL as, when we are root.
@@ -89,9 +105,30 @@ impl EmbeddedPostgres {
         } else {
             None
         };
-        if !options.data_dir.join("PG_VERSION").exists() {
-            initdb(&bin_dir, &options.data_dir, run_as, options.durable)?;
-        }
+        let password_file = password_file(&options.data_dir);
+        let password = if !options.data_dir.join("PG_VERSION").exists() {
+            let password = new_password()?;
+            initdb(
+                &bin_dir,
+                &options.data_dir,
+                run_as,
+                options.durable,
+                &password,
+            )?;
+            write_password_file(&password_file, &password)?;
+            password
+        } else {
+            match fs::read_to_string(&password_file) {
+                Ok(password) => password.trim().to_owned(),
+                Err(_) => {
+                    let password = new_password()?;
+                    set_password(&bin_dir, &options.data_dir, run_as, &password)?;
+                    write_password_file(&password_file, &password)?;
+                    password
+                }
+            }
+        };
+        write_hba(&options.data_dir, run_as)?;
 
         let mut last_error = String::new();
         // A free port can be taken between our probe and the server's bind; try again.
@@ -138,6 +175,7 @@ impl EmbeddedPostgres {
                 child: Some(child),
                 port,
                 data_dir: options.data_dir.clone(),
+                password: password.clone(),
             };
             match server.wait_until_ready(&bin_dir, &options.log_file) {
                 Ok(()) => return Ok(server),
@@ -161,9 +199,13 @@ impl EmbeddedPostgres {
         &self.data_dir
     }
 
-    /// A connection URL for `database` on this server.
+    /// A connection URL for `database` on this server, password included: keep it
+    /// out of logs.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
+            self.password, self.port
+        )
     }
 
     fn wait_until_ready(&mut self, bin_dir: &Path, log_file: &Path) -> Result<(), String> {
@@ -231,11 +273,117 @@ impl Drop for EmbeddedPostgres {
     }
 }
 
+/// Where the superuser's password of the cluster in `data_dir` is kept.
+pub fn password_file(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".password");
+    data_dir.with_file_name(name)
+}
+
+/// 32 random bytes as hex: 256 bits, and nothing a URL needs to escape.
+fn new_password() -> Result<String, EmbeddedError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|err| EmbeddedError::Password(err.to_string()))?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+fn write_password_file(path: &Path, password: &str) -> Result<(), EmbeddedError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = fs::remove_file(path);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_context(format!("could not create {}", path.display())))?;
+    writeln!(file, "{password}").map_err(io_context(format!("could not write {}", path.display())))
+}
+
+/// A file only the server's user can read, holding `contents`; removed on drop.
+struct PrivateFile(PathBuf);
+
+impl PrivateFile {
+    fn create(path: PathBuf, contents: &str, run_as: Option<RunAs>) -> Result<Self, EmbeddedError> {
+        write_password_file(&path, contents)?;
+        let file = Self(path);
+        if let Some(user) = run_as {
+            std::os::unix::fs::chown(&file.0, Some(user.uid), Some(user.gid)).map_err(
+                io_context(format!(
+                    "could not hand {} to the postgres user",
+                    file.0.display()
+                )),
+            )?;
+        }
+        Ok(file)
+    }
+}
+
+impl Drop for PrivateFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Replaces the cluster's client authentication with password-only rules.
+fn write_hba(data_dir: &Path, run_as: Option<RunAs>) -> Result<(), EmbeddedError> {
+    let path = data_dir.join("pg_hba.conf");
+    if fs::read_to_string(&path).is_ok_and(|current| current == PG_HBA) {
+        return Ok(());
+    }
+    fs::write(&path, PG_HBA).map_err(io_context(format!("could not write {}", path.display())))?;
+    if let Some(user) = run_as {
+        std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).map_err(io_context(
+            format!("could not hand {} to the postgres user", path.display()),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Sets the superuser's password of a stopped cluster, in single-user mode.
+fn set_password(
+    bin_dir: &Path,
+    data_dir: &Path,
+    run_as: Option<RunAs>,
+    password: &str,
+) -> Result<(), EmbeddedError> {
+    use std::io::Write;
+    let mut command = privileged_command(run_as, &bin_dir.join("postgres"), false);
+    let mut child = command
+        .arg("--single")
+        .arg("-D")
+        .arg(data_dir)
+        .arg("-c")
+        .arg("password_encryption=scram-sha-256")
+        .arg("postgres")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_context("could not run postgres --single"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "ALTER ROLE {SUPERUSER} PASSWORD '{password}'")
+            .map_err(io_context("could not talk to postgres --single"))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(io_context("could not run postgres --single"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() || stderr.contains("ERROR") {
+        return Err(EmbeddedError::Password(format!(
+            "{}{stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        )));
+    }
+    Ok(())
+}
+
 fn initdb(
     bin_dir: &Path,
     data_dir: &Path,
     run_as: Option<RunAs>,
     durable: bool,
+    password: &str,
 ) -> Result<(), EmbeddedError> {
     fs::create_dir_all(data_dir).map_err(io_context(format!(
         "could not create {}",
@@ -261,14 +409,28 @@ fn initdb(
             }
         }
     }
+    // initdb reads the password from a file; it lives only while initdb runs, and
+    // beside the cluster rather than in a shared temporary folder.
+    let password_input = PrivateFile::create(
+        data_dir.with_file_name(format!(
+            "{}.initdb-password",
+            data_dir.file_name().unwrap_or_default().to_string_lossy()
+        )),
+        password,
+        run_as,
+    )?;
     let mut command = privileged_command(run_as, &bin_dir.join("initdb"), false);
-    command.arg("-D").arg(data_dir).args([
-        "-U",
-        SUPERUSER,
-        "--auth=trust",
-        "--encoding=UTF8",
-        "--no-locale",
-    ]);
+    command
+        .arg("-D")
+        .arg(data_dir)
+        .args([
+            "-U",
+            SUPERUSER,
+            "--auth=scram-sha-256",
+            "--encoding=UTF8",
+            "--no-locale",
+        ])
+        .arg(format!("--pwfile={}", password_input.0.display()));
     if !durable {
         command.arg("--no-sync");
     }

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use unicode_normalization::UnicodeNormalization;
+
 /// Longest accepted email, the limit of a forward path in RFC 5321.
 const EMAIL_MAX_CHARS: usize = 254;
 /// Longest accepted phone number, counting digits only.
@@ -48,19 +50,76 @@ impl InputError {
     }
 }
 
-/// A normalised email address: trimmed and lower-cased.
+/// True for characters that change how text reads without being seen: controls
+/// (general category Cc), formatting characters (Cf: bidi overrides and isolates,
+/// zero-width spaces and joiners, the byte-order mark, soft hyphen, tags) and the
+/// other default-ignorable code points (variation selectors, Hangul fillers). None
+/// belongs in an email or a phone number, and each could make two values that look
+/// equal differ, or one value look like another.
+pub fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08E2}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
+}
+
+const PHONE_CHARACTERS: &str = "phoneNumber may contain only digits, an optional leading '+', \
+     spaces, dashes, dots and parentheses";
+
+/// A normalised email address: Unicode NFKC, trimmed and lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Email(String);
 
 impl Email {
     /// Parses an email; `Ok(None)` when it is blank, which counts as absent.
+    ///
+    /// Compatibility forms are folded (NFKC): fullwidth `ＡＢＣ＠ｘ．ｉｏ` typed with an
+    /// East Asian input method is `abc@x.io`, and a composed `é` equals `e` followed
+    /// by a combining accent. Lower-casing follows, then NFC again, since lower-casing
+    /// can leave a string unnormalised.
     pub fn parse(raw: &str) -> Result<Option<Self>, InputError> {
-        let trimmed = raw.trim();
+        if let Some(c) = raw.chars().find(|c| is_invisible(*c)) {
+            return Err(InputError::new(
+                Field::Email,
+                format!(
+                    "email must not contain control or invisible formatting characters \
+                     (found U+{:04X})",
+                    u32::from(c)
+                ),
+            ));
+        }
+        let folded: String = raw.nfkc().collect();
+        let trimmed = folded.trim();
         if trimmed.is_empty() {
             return Ok(None);
         }
         let invalid = |why: &str| Err(InputError::new(Field::Email, format!("email {why}")));
-        let email = trimmed.to_lowercase();
+        let email: String = trimmed.to_lowercase().nfc().collect();
         if email.chars().count() > EMAIL_MAX_CHARS {
             return invalid(&format!("must be at most {EMAIL_MAX_CHARS} characters"));
         }
@@ -107,8 +166,21 @@ impl Phone {
     ///
     /// Separators people type (spaces, dashes, dots, parentheses) are dropped, so
     /// `"(555) 010-999"` and `"555010999"` are the same phone.
+    ///
+    /// Fullwidth digits (`１２３`) are folded to ASCII (NFKC), as for emails; digits of
+    /// other scripts are refused.
     pub fn parse(raw: &str) -> Result<Option<Self>, InputError> {
-        let trimmed = raw.trim();
+        if let Some(c) = raw.chars().find(|c| is_invisible(*c)) {
+            return Err(InputError::new(
+                Field::PhoneNumber,
+                format!(
+                    "{PHONE_CHARACTERS} (found U+{:04X}, an invisible character)",
+                    u32::from(c)
+                ),
+            ));
+        }
+        let folded: String = raw.nfkc().collect();
+        let trimmed = folded.trim();
         if trimmed.is_empty() {
             return Ok(None);
         }
@@ -121,13 +193,7 @@ impl Phone {
             match c {
                 '0'..='9' => digits.push(c),
                 ' ' | '-' | '.' | '(' | ')' => {}
-                _ => {
-                    return Err(InputError::new(
-                        Field::PhoneNumber,
-                        "phoneNumber may contain only digits, an optional leading '+', \
-                         spaces, dashes, dots and parentheses",
-                    ));
-                }
+                _ => return Err(InputError::new(Field::PhoneNumber, PHONE_CHARACTERS)),
             }
         }
         if digits.is_empty() {
@@ -276,21 +342,51 @@ mod tests {
 
     #[test]
     fn malformed_phones_are_refused_naming_the_field() {
-        for raw in [
-            "+",
-            "()-",
-            "12a34",
-            "1+2",
-            "++12",
-            "１２３",
-            &"9".repeat(21),
-        ] {
+        for raw in ["+", "()-", "12a34", "1+2", "++12", "١٢٣", &"9".repeat(21)] {
             let err = phone(raw).unwrap_err();
             assert_eq!(err.field, Field::PhoneNumber, "{raw:?}");
             assert!(err.message.starts_with("phoneNumber "), "{raw:?}");
         }
         assert!(phone(&"9".repeat(20)).unwrap().is_some());
         assert!(phone(&format!("+{}", "9".repeat(20))).unwrap().is_some());
+    }
+
+    #[test]
+    fn unicode_spellings_of_one_email_are_one_email() {
+        let composed = email("ren\u{e9}@caf\u{e9}.fr").unwrap();
+        let decomposed = email("rene\u{301}@cafe\u{301}.fr").unwrap();
+        assert_eq!(composed, decomposed);
+        assert_eq!(composed.as_deref(), Some("ren\u{e9}@caf\u{e9}.fr"));
+        assert_eq!(
+            email("ＬＯＲＲＡＩＮＥ＠ｈｉｌｌｖａｌｌｅｙ．ｅｄｕ")
+                .unwrap()
+                .as_deref(),
+            Some("lorraine@hillvalley.edu")
+        );
+        assert_eq!(
+            email("R\u{c9}N\u{c9}@X.FR").unwrap(),
+            email("r\u{e9}n\u{e9}@x.fr").unwrap()
+        );
+        assert_eq!(phone("１２３-４５６").unwrap().as_deref(), Some("123456"));
+    }
+
+    #[test]
+    fn invisible_characters_are_refused_naming_them() {
+        for (raw, code) in [
+            ("a\u{200B}b@x.io", "U+200B"),
+            ("\u{FEFF}a@x.io", "U+FEFF"),
+            ("a@x.io\u{202E}", "U+202E"),
+            ("a\u{2066}b@x.io", "U+2066"),
+            ("a\u{AD}b@x.io", "U+00AD"),
+            ("a\u{E0041}@x.io", "U+E0041"),
+        ] {
+            let err = email(raw).unwrap_err();
+            assert_eq!(err.field, Field::Email, "{raw:?}");
+            assert!(err.message.contains(code), "{raw:?}: {}", err.message);
+        }
+        let err = phone("123\u{200D}456").unwrap_err();
+        assert_eq!(err.field, Field::PhoneNumber);
+        assert!(err.message.contains("U+200D"), "{}", err.message);
     }
 
     #[test]

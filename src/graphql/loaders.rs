@@ -8,6 +8,7 @@ use async_graphql::dataloader::Loader;
 
 use crate::db::DbPool;
 use crate::db::contacts::{self, ContactRecord};
+use crate::domain::{Contact, Identity};
 use crate::service::ServiceError;
 
 /// Live contacts by id.
@@ -34,7 +35,27 @@ impl Loader<i32> for ContactLoader {
     }
 }
 
-/// The live members of identities, by primary id, in contact order.
+/// One identity as read in this request: its answer, built once, and its members
+/// (the primary first, then contact order). Shared, so that every contact of a page
+/// asking for its identity costs a pointer, not a copy of the identity.
+#[derive(Debug)]
+pub struct IdentitySnapshot {
+    pub identity: Identity,
+    pub members: Vec<ContactRecord>,
+}
+
+impl IdentitySnapshot {
+    pub fn new(primary_id: i32, mut members: Vec<ContactRecord>) -> Self {
+        members.sort_by_key(|member| (member.id != primary_id, member.created_at, member.id));
+        let identity = Identity::from_members(
+            primary_id,
+            members.iter().cloned().map(Contact::from).collect(),
+        );
+        Self { identity, members }
+    }
+}
+
+/// The live identities, by primary id.
 pub struct MembersLoader {
     pool: DbPool,
 }
@@ -46,13 +67,13 @@ impl MembersLoader {
 }
 
 impl Loader<i32> for MembersLoader {
-    type Value = Vec<ContactRecord>;
+    type Value = Arc<IdentitySnapshot>;
     type Error = Arc<ServiceError>;
 
     async fn load(
         &self,
         primary_ids: &[i32],
-    ) -> Result<HashMap<i32, Vec<ContactRecord>>, Self::Error> {
+    ) -> Result<HashMap<i32, Arc<IdentitySnapshot>>, Self::Error> {
         let conn = self.pool.get().await.map_err(|err| Arc::new(err.into()))?;
         let rows = contacts::load_members(&conn, primary_ids)
             .await
@@ -64,6 +85,14 @@ impl Loader<i32> for MembersLoader {
                 .or_default()
                 .push(row);
         }
-        Ok(members)
+        Ok(members
+            .into_iter()
+            .map(|(primary_id, rows)| {
+                (
+                    primary_id,
+                    Arc::new(IdentitySnapshot::new(primary_id, rows)),
+                )
+            })
+            .collect())
     }
 }

@@ -2,39 +2,45 @@
 //! GraphiQL from assets compiled into the binary. Resolvers are thin adapters over
 //! the service layer and the same input parsing REST uses.
 
+mod complete;
 mod error;
 mod graphiql;
+pub mod limits;
 mod loaders;
 mod mutation;
 mod query;
 mod types;
 
+use std::time::Instant;
+
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
-use async_graphql::{EmptySubscription, Schema, SchemaBuilder};
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
-use axum::Router;
-use axum::extract::State;
+use async_graphql::{EmptySubscription, Schema, SchemaBuilder, ServerError};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 
 pub use error::ErrorCode;
+pub use limits::{MAX_COMPLEXITY, MAX_DEPTH};
 pub use loaders::{ContactLoader, MembersLoader};
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 
 use crate::app::AppState;
+use crate::error::ApiError;
+use crate::middleware::{RateLimitClient, rate_limited};
+use crate::strict_json;
 
 pub type AppSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
-
-/// Deepest selection accepted; GraphiQL's introspection query needs 13 levels.
-pub const MAX_DEPTH: usize = 15;
-/// Largest total cost accepted; a list field costs its page size times its
-/// selection, so one full page of contacts with their identities fits, ten do not.
-pub const MAX_COMPLEXITY: usize = 2_500;
 
 fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
     Schema::build(QueryRoot, MutationRoot, EmptySubscription)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
+        .limit_directives(limits::MAX_DIRECTIVES_PER_FIELD)
 }
 
 /// The schema served, with the application state its resolvers use.
@@ -49,22 +55,99 @@ pub fn sdl() -> String {
 
 /// `/graphql` and GraphiQL's assets.
 pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.graphql_body_limit_bytes;
     Router::new()
         .route("/graphql", get(graphiql::page).post(execute))
+        .layer(DefaultBodyLimit::max(body_limit))
         .route("/graphql/assets/{file}", get(graphiql::asset))
         .with_state(schema(state))
 }
 
-async fn execute(State(schema): State<AppSchema>, request: GraphQLRequest) -> GraphQLResponse {
+/// The content types a GraphQL request may be sent as. Only JSON: a browser sends
+/// `text/plain`, form and multipart bodies cross-origin without asking (no CORS
+/// preflight), so accepting them would let any web page run mutations.
+fn is_graphql_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        essence.as_str(),
+        "application/json" | "application/graphql-response+json"
+    )
+}
+
+/// `POST /graphql`: one operation in a JSON body (GraphQL over HTTP). GET serves
+/// GraphiQL and never executes anything.
+async fn execute(
+    State(schema): State<AppSchema>,
+    client: Option<Extension<RateLimitClient>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let state = schema
         .data::<AppState>()
-        .expect("schema carries the app state");
+        .expect("schema carries the app state")
+        .clone();
+    if !is_graphql_json(&headers) {
+        return ApiError::UnsupportedMediaType.into_graphql_response();
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::PayloadTooLarge {
+                limit: state.config.graphql_body_limit_bytes,
+            }
+            .into_graphql_response();
+        }
+        Err(rejection) => {
+            return ApiError::BadRequest(format!(
+                "could not read the request body: {}",
+                rejection.body_text()
+            ))
+            .into_graphql_response();
+        }
+    };
+    let mut request = match parse_request(&body) {
+        Ok(request) => request,
+        Err(err) => return err.into_graphql_response(),
+    };
+
+    let limits = limits::DocumentLimits {
+        max_fields: state.config.graphql_max_fields,
+        max_aliases: state.config.graphql_max_aliases,
+        max_identify: state.config.graphql_max_identify_per_request,
+    };
+    let variables = request.variables.clone();
+    let operation_name = request.operation_name.clone();
+    let checked = match request.parsed_query() {
+        Ok(document) => {
+            limits::check(document, &variables, &limits).map(|summary| (summary, document.clone()))
+        }
+        Err(err) => Err(vec![err]),
+    };
+    let (summary, document) = match checked {
+        Ok(checked) => checked,
+        Err(errors) => return refused(errors),
+    };
+    if let Some(response) = charge_rate_limit(&state, client, summary.identify_count) {
+        return response;
+    }
+
     // Loaders cache per request, so a fresh pair for each: `Contact.identity` and
     // `Identity.contacts` then share one fetch of the members.
     let request = request
-        .into_inner()
         .data(loader(ContactLoader::new(state.pool.clone())))
         .data(loader(MembersLoader::new(state.pool.clone())));
+    let started = Instant::now();
     let mut response = schema.execute(request).await;
     // Errors raised before any resolver ran (syntax, unknown fields, wrong argument
     // types, depth and complexity limits) are the client's: give them a code too.
@@ -74,7 +157,122 @@ async fn execute(State(schema): State<AppSchema>, request: GraphQLRequest) -> Gr
             extensions.set("code", ErrorCode::BadUserInput.as_str());
         }
     }
-    response.into()
+    limits::cap_errors(&mut response.errors);
+    response.data = complete::complete(
+        std::mem::take(&mut response.data),
+        &document,
+        operation_name.as_deref(),
+        &variables,
+    );
+    let body = match serde_json::to_vec(&response) {
+        Ok(body) => body,
+        Err(err) => {
+            tracing::error!(error = %err, "could not serialise a GraphQL answer");
+            return ApiError::Internal.into_graphql_response();
+        }
+    };
+    let max = state.config.graphql_max_response_bytes;
+    if body.len() > max {
+        tracing::warn!(
+            bytes = body.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "GraphQL answer over the response cap; replaced by an error"
+        );
+        return json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&serde_json::json!({
+                "data": null,
+                "errors": [{
+                    "message": format!(
+                        "the answer would be {} bytes, over the limit of {max}; ask for \
+                         fewer fields or smaller pages",
+                        body.len()
+                    ),
+                    "extensions": {"code": "RESPONSE_TOO_LARGE"},
+                }],
+            }))
+            .unwrap_or_default(),
+        );
+    }
+    json_response(StatusCode::OK, body)
+}
+
+/// Parses the JSON envelope: one object with `query`, and optionally
+/// `operationName`, `variables` and `extensions`. Repeated keys are refused.
+fn parse_request(body: &[u8]) -> Result<async_graphql::Request, ApiError> {
+    let value = strict_json::from_slice(body)
+        .map_err(|err| ApiError::BadRequest(format!("request body is not valid JSON: {err}")))?;
+    if value.is_array() {
+        return Err(ApiError::BadRequest(
+            "batched requests are not supported; send one operation per request".into(),
+        ));
+    }
+    if !value.get("query").is_some_and(|query| query.is_string()) {
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object with a `query` string".into(),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|err| ApiError::BadRequest(format!("not a GraphQL request: {err}")))
+}
+
+/// A document refused before it ran: `data` is absent, as for a validation error.
+fn refused(mut errors: Vec<ServerError>) -> Response {
+    for error in &mut errors {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_none() {
+            extensions.set("code", ErrorCode::BadUserInput.as_str());
+        }
+    }
+    limits::cap_errors(&mut errors);
+    let response = async_graphql::Response::from_errors(errors);
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&response).unwrap_or_default(),
+    )
+}
+
+/// Each `identify` in the document costs one rate-limit token; the request itself
+/// paid one in the middleware. `Some` is the refusal to send.
+fn charge_rate_limit(
+    state: &AppState,
+    client: Option<Extension<RateLimitClient>>,
+    identify_count: usize,
+) -> Option<Response> {
+    let (Some(limiter), Some(Extension(RateLimitClient(client)))) = (&state.rate_limiter, client)
+    else {
+        return None;
+    };
+    if identify_count <= 1 {
+        return None;
+    }
+    let extra = u32::try_from(identify_count - 1).unwrap_or(u32::MAX);
+    if f64::from(extra) + 1.0 > limiter.burst() {
+        return Some(refused(vec![limits::limit_error(format!(
+            "the document runs identify {identify_count} times, more than the rate \
+             limit's burst of {} allows at once; send fewer per request",
+            limiter.burst()
+        ))]));
+    }
+    match limiter.check(client, extra, Instant::now()) {
+        Ok(()) => None,
+        Err(retry_after) => {
+            state.metrics.observe_rate_limited();
+            Some(rate_limited(retry_after).into_graphql_response())
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 fn loader<L>(loader: L) -> DataLoader<L, HashMapCache>

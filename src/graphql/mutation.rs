@@ -31,6 +31,6 @@ impl MutationRoot {
         let identified = service::identify(&state.pool, &state.metrics, request)
             .await
             .map_err(|err| service_error(&err))?;
-        Ok(IdentityNode(identified.identity))
+        Ok(IdentityNode::Answer(identified.identity))
     }
 }

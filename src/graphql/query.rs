@@ -7,17 +7,13 @@ use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::{Context, InputObject, Object, Result};
 
 use super::error::{ErrorCode, bad_input, lookup_error, service_error};
+use super::limits::{DEFAULT_PAGE_SIZE, LOOKUP_COST, MAX_PAGE_SIZE, page_size};
 use super::loaders::{ContactLoader, MembersLoader};
 use super::types::{ContactNode, IdentityNode, LinkPrecedence};
 use crate::app::AppState;
 use crate::db::contacts::{self, ContactFilter as DbContactFilter, ContactRecord};
 use crate::domain::{Email, IdentifyRequest, Phone};
 use crate::service::{self, ServiceError};
-
-/// Page size when `first` is not given.
-pub const DEFAULT_PAGE_SIZE: i32 = 20;
-/// Largest page a client may ask for.
-pub const MAX_PAGE_SIZE: i32 = 100;
 
 pub struct QueryRoot;
 
@@ -72,9 +68,7 @@ impl QueryRoot {
     }
 
     /// Live contacts in id order, a page at a time (Relay cursor connection).
-    #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE_SIZE).clamp(0, MAX_PAGE_SIZE) as usize * child_complexity + 1"
-    )]
+    #[graphql(complexity = "page_size(first) as usize * child_complexity + 1")]
     async fn contacts(
         &self,
         ctx: &Context<'_>,
@@ -124,6 +118,7 @@ impl QueryRoot {
 
     /// The identity holding the email or the phone number; writes nothing. Null when
     /// neither is known; an error when they belong to two different identities.
+    #[graphql(complexity = "LOOKUP_COST + child_complexity")]
     async fn identity(
         &self,
         ctx: &Context<'_>,
@@ -136,7 +131,7 @@ impl QueryRoot {
         let identity = service::lookup(&state.pool, &request)
             .await
             .map_err(lookup_error)?;
-        Ok(identity.map(IdentityNode))
+        Ok(identity.map(IdentityNode::Answer))
     }
 }
 

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use crate::app::AppState;
 use crate::domain::{Email, Field, IdentifyRequest, Identity, InputError, Phone};
 use crate::error::{ApiError, ErrorBody};
-use crate::service;
+use crate::{service, strict_json};
 
 /// The request body, as documented; parsing is done by hand in [`parse_body`] so
 /// that every kind of bad input gets a message naming its field.
@@ -158,12 +158,23 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// Parses `{"email"?: string|null, "phoneNumber"?: string|integer|null}`; other
 /// fields are ignored.
 pub fn parse_body(body: &[u8]) -> Result<IdentifyRequest, InputError> {
-    let value: Value = serde_json::from_slice(body).map_err(|err| {
-        InputError::new(
-            Field::Body,
-            format!("request body is not valid JSON: {err}"),
-        )
-    })?;
+    let value =
+        strict_json::from_slice(body).map_err(|err| {
+            match strict_json::duplicated_key(&err).as_deref() {
+                Some(key @ ("email" | "phoneNumber")) => InputError::new(
+                    if key == "email" {
+                        Field::Email
+                    } else {
+                        Field::PhoneNumber
+                    },
+                    format!("{key} is given more than once; send each field once"),
+                ),
+                _ => InputError::new(
+                    Field::Body,
+                    format!("request body is not valid JSON: {err}"),
+                ),
+            }
+        })?;
     let Value::Object(fields) = value else {
         return Err(InputError::new(
             Field::Body,
@@ -247,6 +258,22 @@ mod tests {
         assert_eq!(field_of(r#"{"#), Field::Body);
         assert_eq!(
             field_of(r#"{"email": null, "phoneNumber": ""}"#),
+            Field::Body
+        );
+    }
+
+    #[test]
+    fn repeated_fields_are_refused_not_last_wins() {
+        assert_eq!(
+            field_of(r#"{"email": "a@b.c", "email": "d@e.f"}"#),
+            Field::Email
+        );
+        assert_eq!(
+            field_of(r#"{"phoneNumber": "1", "phoneNumber": 2}"#),
+            Field::PhoneNumber
+        );
+        assert_eq!(
+            field_of(r#"{"x": 1, "x": 1, "email": "a@b.c"}"#),
             Field::Body
         );
     }

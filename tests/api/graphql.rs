@@ -133,7 +133,7 @@ async fn contact_by_id_with_its_primary_and_identity() {
         id email phoneNumber linkedId linkPrecedence createdAt updatedAt
         primary { id linkPrecedence }
         identity { primaryContactId emails phoneNumbers secondaryContactIds
-                   primary { id } contacts { id } }
+                   primary { id } contacts { nodes { id } } }
     } }";
     let data = app.graphql_data(query, json!({"id": 2})).await;
     let contact = &data["contact"];
@@ -149,7 +149,8 @@ async fn contact_by_id_with_its_primary_and_identity() {
     assert_eq!(
         contact["identity"],
         json!({"primaryContactId": 1, "emails": ["a@x.io", "b@x.io"], "phoneNumbers": ["1"],
-            "secondaryContactIds": [2], "primary": {"id": 1}, "contacts": [{"id": 1}, {"id": 2}]})
+            "secondaryContactIds": [2], "primary": {"id": 1},
+            "contacts": {"nodes": [{"id": 1}, {"id": 2}]}})
     );
     let primary = app.graphql_data(query, json!({"id": 1})).await;
     assert_eq!(primary["contact"]["primary"]["id"], 1);
@@ -274,7 +275,7 @@ async fn identity_lookup_writes_nothing() {
     app.identify(Some("c@x.io"), Some("2")).await;
     let query = "query($email: String, $phone: String) {
         identity(email: $email, phoneNumber: $phone) {
-            primaryContactId emails phoneNumbers secondaryContactIds contacts { id }
+            primaryContactId emails phoneNumbers secondaryContactIds contacts { nodes { id } }
         } }";
     let rows = app.rows().await;
 
@@ -282,7 +283,7 @@ async fn identity_lookup_writes_nothing() {
     assert_eq!(
         found["identity"],
         json!({"primaryContactId": 1, "emails": ["a@x.io", "b@x.io"], "phoneNumbers": ["1"],
-            "secondaryContactIds": [2], "contacts": [{"id": 1}, {"id": 2}]})
+            "secondaryContactIds": [2], "contacts": {"nodes": [{"id": 1}, {"id": 2}]}})
     );
     // A new value beside a known one: the known identity, and no row is added.
     let found = app
@@ -312,7 +313,7 @@ async fn nested_pages_run_a_fixed_number_of_queries() {
             .await;
     }
     let query = "query($first: Int) { contacts(first: $first) { edges { node {
-        primary { id } identity { emails contacts { id } } } } } }";
+        primary { id } identity { emails contacts(first: 3) { nodes { id } } } } } } }";
     let mut counts = Vec::new();
     for first in [5, 100] {
         let before = app.statements.total();
@@ -321,7 +322,13 @@ async fn nested_pages_run_a_fixed_number_of_queries() {
         let edges = data["contacts"]["edges"].as_array().unwrap();
         assert_eq!(edges.len(), first as usize);
         let node = &edges[first as usize - 1]["node"];
-        assert_eq!(node["identity"]["contacts"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            node["identity"]["contacts"]["nodes"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
     }
     // The page, then one batch of primaries and one batch of identities.
     assert_eq!(counts, vec![3, 3], "statements per nested page");
@@ -333,7 +340,7 @@ async fn abusive_queries_are_refused() {
     // Depth: identity -> contacts -> identity -> ... far below anything useful.
     let mut deep = String::from("id");
     for _ in 0..8 {
-        deep = format!("identity {{ contacts {{ {deep} }} }}");
+        deep = format!("identity {{ contacts(first: 1) {{ nodes {{ {deep} }} }} }}");
     }
     let response = app
         .graphql(&format!("{{ contact(id: 1) {{ {deep} }} }}"), json!({}))

@@ -1,6 +1,7 @@
 //! One integration-test binary: each test spawns the real application on a free
 //! port with a fresh database on a real PostgreSQL, and drives it over HTTP.
 
+mod abuse;
 mod browser;
 mod concurrency;
 mod generated;

@@ -81,12 +81,12 @@ impl ContactNode {
     /// The whole identity this contact belongs to.
     async fn identity(&self, ctx: &Context<'_>) -> Result<IdentityNode> {
         let primary_id = self.primary_id();
-        let members = ctx
+        let snapshot = ctx
             .data_unchecked::<DataLoader<MembersLoader, HashMapCache>>()
             .load_one(primary_id)
             .await
             .map_err(|err| service_error(&err))?
             .ok_or_else(|| ErrorCode::NotFound.error(format!("identity {primary_id} not found")))?;
-        Ok(IdentityNode::from_members(primary_id, members))
+        Ok(IdentityNode::Snapshot(snapshot))
     }
 }
