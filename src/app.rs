@@ -6,12 +6,11 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, Method, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderValue, Method, Uri, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use tokio::net::TcpListener;
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -19,7 +18,7 @@ use crate::config::Config;
 use crate::db::{DbPool, StatementCounter};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::middleware::{REQUEST_ID, RateLimiter};
+use crate::middleware::{REQUEST_ID, RateLimiter, error_for};
 use crate::{graphql, openapi, rest};
 
 /// What every handler shares.
@@ -69,18 +68,17 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .with_state(state.clone())
         .merge(graphql::router(state.clone()))
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|uri: Uri| async move { error_for(uri.path(), ApiError::NotFound) })
+        .method_not_allowed_fallback(|uri: Uri| async move {
+            error_for(uri.path(), ApiError::MethodNotAllowed)
+        })
         // Listed innermost first: the last layer sees the request first.
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::middleware::refuse_oversized_body,
         ))
-        .layer(CatchPanicLayer::custom(|_| -> Response {
-            tracing::error!("request handler panicked");
-            ApiError::Internal.into_response()
-        }))
+        .layer(middleware::from_fn(crate::middleware::catch_panic))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::middleware::timeout,

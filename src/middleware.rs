@@ -83,11 +83,29 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
 /// Answers 503 when a request outlives the configured timeout. The identify work
 /// runs in a task of its own and commits or rolls back regardless.
 pub async fn timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
     match tokio::time::timeout(state.config.request_timeout(), next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!("request timed out");
-            ApiError::Timeout.into_response()
+            error_for(&path, ApiError::Timeout)
+        }
+    }
+}
+
+/// Answers a panicked handler with 500 `INTERNAL`, in the route's error shape; the
+/// panic itself is logged (without its payload, which may hold request data).
+pub async fn catch_panic(request: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    let path = request.uri().path().to_owned();
+    match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!("request handler panicked");
+            error_for(&path, ApiError::Internal)
         }
     }
 }

@@ -103,6 +103,9 @@ impl Email {
     /// by a combining accent. Lower-casing follows, then NFC again, since lower-casing
     /// can leave a string unnormalised.
     pub fn parse(raw: &str) -> Result<Option<Self>, InputError> {
+        // Surrounding whitespace (a pasted trailing newline) is trimmed, as ever;
+        // only what is left must be free of invisible characters.
+        let raw = raw.trim();
         if let Some(c) = raw.chars().find(|c| is_invisible(*c)) {
             return Err(InputError::new(
                 Field::Email,
@@ -170,6 +173,7 @@ impl Phone {
     /// Fullwidth digits (`１２３`) are folded to ASCII (NFKC), as for emails; digits of
     /// other scripts are refused.
     pub fn parse(raw: &str) -> Result<Option<Self>, InputError> {
+        let raw = raw.trim();
         if let Some(c) = raw.chars().find(|c| is_invisible(*c)) {
             return Err(InputError::new(
                 Field::PhoneNumber,
@@ -286,6 +290,12 @@ mod tests {
             email("  Lorraine@HillValley.EDU ").unwrap().as_deref(),
             Some("lorraine@hillvalley.edu")
         );
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_trimmed_even_control_whitespace() {
+        assert_eq!(email("\ta@x.io\r\n").unwrap().as_deref(), Some("a@x.io"));
+        assert_eq!(phone("\n123\t").unwrap().as_deref(), Some("123"));
     }
 
     #[test]

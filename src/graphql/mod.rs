@@ -216,7 +216,7 @@ fn parse_request(body: &[u8]) -> Result<async_graphql::Request, ApiError> {
         .map_err(|err| ApiError::BadRequest(format!("not a GraphQL request: {err}")))
 }
 
-/// A document refused before it ran: `data` is absent, as for a validation error.
+/// A document refused before it ran: `data` is absent (GraphQL over HTTP), not null.
 fn refused(mut errors: Vec<ServerError>) -> Response {
     for error in &mut errors {
         let extensions = error.extensions.get_or_insert_with(Default::default);
@@ -225,10 +225,9 @@ fn refused(mut errors: Vec<ServerError>) -> Response {
         }
     }
     limits::cap_errors(&mut errors);
-    let response = async_graphql::Response::from_errors(errors);
     json_response(
         StatusCode::OK,
-        serde_json::to_vec(&response).unwrap_or_default(),
+        serde_json::to_vec(&serde_json::json!({ "errors": errors })).unwrap_or_default(),
     )
 }
 

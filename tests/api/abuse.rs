@@ -718,6 +718,11 @@ async fn invisible_characters_and_repeated_keys_are_refused() {
             "{body}"
         );
     }
+    // Whitespace around a value is trimmed, as it always was, control or not.
+    let contact = app.identify(Some("\ttrimmed@x.io\r\n"), None).await;
+    assert_eq!(contact["emails"], json!(["trimmed@x.io"]));
+    app.execute("DELETE FROM contacts").await;
+
     let (status, body) = app
         .post_raw(
             Some("application/json"),
@@ -777,6 +782,10 @@ async fn transport_errors_are_graphql_json_with_a_code() {
             .unwrap_or_else(|_| panic!("{body}: not JSON"));
         assert_eq!(error_code(&answer), code, "{body}: {answer}");
     }
+    let response = app.client.put(app.url("/graphql")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&answer), "METHOD_NOT_ALLOWED", "{answer}");
     let response = app
         .client
         .post(app.url("/graphql"))
