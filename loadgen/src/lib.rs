@@ -15,10 +15,10 @@ mod report;
 mod run;
 mod workload;
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write as _};
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
@@ -194,38 +194,54 @@ fn parse_rate(raw: &str) -> Result<f64, String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+/// Runs loadgen as its command line would, `args` starting with the program name,
+/// on a runtime of its own; returns the exit status (see `--help`). The binary is
+/// this and nothing else; tests call it in-process.
+pub fn main_with_args<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = match Args::try_parse_from(args) {
         Ok(args) => args,
         Err(err) => {
             // --help and --version arrive here too; they are not failures.
             err.print().ok();
             return if err.use_stderr() {
-                ExitCode::from(EXIT_SETUP_FAILED)
+                EXIT_SETUP_FAILED
             } else {
-                ExitCode::SUCCESS
+                0
             };
         }
     };
-    match run(args).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("loadgen: could not start a runtime: {err}");
+            return EXIT_SETUP_FAILED;
+        }
+    };
+    match runtime.block_on(run(args)) {
         Ok(verdict) => exit_status(verdict),
         Err(message) => {
             eprintln!("loadgen: {message}");
-            ExitCode::from(EXIT_SETUP_FAILED)
+            EXIT_SETUP_FAILED
         }
     }
 }
 
-fn exit_status(verdict: Verdict) -> ExitCode {
+fn exit_status(verdict: Verdict) -> u8 {
     if verdict.generator_failed {
-        ExitCode::from(EXIT_SETUP_FAILED)
+        EXIT_SETUP_FAILED
     } else if verdict.checks_failed {
-        ExitCode::from(EXIT_CHECK_FAILED)
+        EXIT_CHECK_FAILED
     } else if verdict.error_rate_exceeded {
-        ExitCode::from(EXIT_ERROR_RATE)
+        EXIT_ERROR_RATE
     } else {
-        ExitCode::SUCCESS
+        0
     }
 }
 

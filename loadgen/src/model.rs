@@ -4,8 +4,10 @@
 //! The model is the union-find of SPEC §4 (I5): values sent together in one request
 //! end in one identity, and no identity joins values that no request linked.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::Hash;
+
+pub use identity_reconciliation::domain::UnionFind;
 
 use crate::client::{Answer, Api};
 use crate::report::Check;
@@ -37,91 +39,6 @@ pub fn request_nodes(request: Request) -> impl Iterator<Item = Node> {
         .map(Node::Email)
         .into_iter()
         .chain(request.phone.map(Node::Phone))
-}
-
-/// Disjoint sets with path halving and union by size.
-pub struct UnionFind<T> {
-    slots: HashMap<T, usize>,
-    items: Vec<T>,
-    parent: Vec<usize>,
-    size: Vec<usize>,
-}
-
-impl<T> Default for UnionFind<T> {
-    fn default() -> Self {
-        Self {
-            slots: HashMap::new(),
-            items: Vec::new(),
-            parent: Vec::new(),
-            size: Vec::new(),
-        }
-    }
-}
-
-impl<T: Copy + Eq + Hash> UnionFind<T> {
-    fn slot(&mut self, item: T) -> usize {
-        *self.slots.entry(item).or_insert_with(|| {
-            self.items.push(item);
-            self.parent.push(self.items.len() - 1);
-            self.size.push(1);
-            self.items.len() - 1
-        })
-    }
-
-    fn root(&mut self, mut slot: usize) -> usize {
-        while self.parent[slot] != slot {
-            self.parent[slot] = self.parent[self.parent[slot]];
-            slot = self.parent[slot];
-        }
-        slot
-    }
-
-    /// Puts all `items` into one set (a single item gets a set of its own).
-    pub fn join(&mut self, items: impl IntoIterator<Item = T>) {
-        let mut items = items.into_iter();
-        let Some(first) = items.next() else {
-            return;
-        };
-        let first = self.slot(first);
-        for item in items {
-            let slot = self.slot(item);
-            let (a, b) = (self.root(first), self.root(slot));
-            if a != b {
-                let (big, small) = if self.size[a] >= self.size[b] {
-                    (a, b)
-                } else {
-                    (b, a)
-                };
-                self.parent[small] = big;
-                self.size[big] += self.size[small];
-            }
-        }
-    }
-
-    /// A name of the set holding `item`, equal for all members; `None` if never added.
-    pub fn set_of(&mut self, item: &T) -> Option<usize> {
-        let slot = *self.slots.get(item)?;
-        Some(self.root(slot))
-    }
-
-    pub fn items(&self) -> &[T] {
-        &self.items
-    }
-
-    pub fn sets(&mut self) -> Vec<Vec<T>> {
-        let mut sets: HashMap<usize, Vec<T>> = HashMap::new();
-        for slot in 0..self.items.len() {
-            let root = self.root(slot);
-            sets.entry(root).or_default().push(self.items[slot]);
-        }
-        sets.into_values().collect()
-    }
-
-    pub fn absorb(&mut self, mut other: Self) {
-        for set in other.sets() {
-            self.join(set);
-        }
-    }
 }
 
 /// An answer's contacts and values as nodes, plus the values this run never sends.
@@ -317,33 +234,6 @@ fn describe(run_id: RunId, request: Request, answer: &Answer) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sorted(mut sets: Vec<Vec<u32>>) -> Vec<Vec<u32>> {
-        for set in &mut sets {
-            set.sort_unstable();
-        }
-        sets.sort();
-        sets
-    }
-
-    #[test]
-    fn union_find_joins_transitively_and_absorbs_another() {
-        let mut mine = UnionFind::default();
-        mine.join([1, 2]);
-        mine.join([3]);
-        mine.join([4, 5]);
-        let mut theirs = UnionFind::default();
-        theirs.join([2, 4]);
-        theirs.join([6, 7]);
-        mine.absorb(theirs);
-        assert_eq!(mine.set_of(&1), mine.set_of(&5));
-        assert_ne!(mine.set_of(&1), mine.set_of(&3));
-        assert_eq!(mine.set_of(&8), None);
-        assert_eq!(
-            sorted(mine.sets()),
-            vec![vec![1, 2, 4, 5], vec![3], vec![6, 7]]
-        );
-    }
 
     fn answer(primary: i32, secondaries: &[i32], emails: &[String], phones: &[String]) -> Answer {
         Answer {

@@ -3,6 +3,8 @@
 
 mod contact_info;
 mod reconcile;
+mod union_find;
 
 pub use contact_info::{Email, Field, IdentifyRequest, InputError, Phone};
 pub use reconcile::{Contact, Decision, Identity, Merge, Outcome, decide};
+pub use union_find::UnionFind;

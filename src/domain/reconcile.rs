@@ -200,6 +200,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::domain::UnionFind;
 
     /// The reconciliation rules run over an in-memory table, the way the service runs
     /// them over PostgreSQL: match, load the identities, decide, apply.
@@ -250,35 +251,6 @@ mod tests {
                     self.rows.extend(inserted.clone());
                     Identity::from_members(merge.primary_id, merge.apply(members, inserted))
                 }
-            }
-        }
-    }
-
-    /// The naive model: values that ever appeared in one request belong together.
-    #[derive(Default)]
-    struct UnionFind {
-        parent: HashMap<String, String>,
-    }
-
-    impl UnionFind {
-        fn find(&mut self, value: &str) -> String {
-            let parent = self
-                .parent
-                .entry(value.to_owned())
-                .or_insert_with(|| value.to_owned())
-                .clone();
-            if parent == value {
-                return parent;
-            }
-            let root = self.find(&parent);
-            self.parent.insert(value.to_owned(), root.clone());
-            root
-        }
-
-        fn union(&mut self, a: &str, b: &str) {
-            let (ra, rb) = (self.find(a), self.find(b));
-            if ra != rb {
-                self.parent.insert(ra, rb);
             }
         }
     }
@@ -337,7 +309,8 @@ mod tests {
             tie_every in 1..4i64,
         ) {
             let mut store = MemoryStore::default();
-            let mut model = UnionFind::default();
+            // The model: values that ever appeared in one request belong together.
+            let mut model: UnionFind<String> = UnionFind::default();
             let mut seen: BTreeSet<String> = BTreeSet::new();
             let mut expected_rows = 0;
             for (step, request) in requests.iter().enumerate() {
@@ -348,20 +321,18 @@ mod tests {
                     expected_rows += 1;
                 }
                 seen.extend(values.iter().cloned());
-                for pair in values.windows(2) {
-                    model.union(&pair[0], &pair[1]);
-                }
+                model.join(values.iter().cloned());
                 let rows_before = store.rows.len();
                 let answer = store.identify(request, at);
                 prop_assert!(store.rows.len() - rows_before <= 1);
                 prop_assert_eq!(store.rows.len(), expected_rows);
 
                 // The answer holds exactly the values of the request's model component.
-                let root = model.find(&values[0]);
+                let root = model.set_of(&values[0]);
                 let expected: BTreeSet<String> = seen
                     .clone()
                     .into_iter()
-                    .filter(|v| model.find(v) == root)
+                    .filter(|v| model.set_of(v) == root)
                     .collect();
                 let answered: BTreeSet<String> = answer
                     .emails
@@ -400,12 +371,12 @@ mod tests {
             for contact in &store.rows {
                 store_groups.entry(contact.primary_id()).or_default().extend(contact_values(contact));
             }
-            let mut model_groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-            for value in &seen {
-                model_groups.entry(model.find(value)).or_default().insert(value.clone());
-            }
             let store_partition: BTreeSet<_> = store_groups.into_values().collect();
-            let model_partition: BTreeSet<_> = model_groups.into_values().collect();
+            let model_partition: BTreeSet<BTreeSet<String>> = model
+                .sets()
+                .into_iter()
+                .map(|set| set.into_iter().collect())
+                .collect();
             prop_assert_eq!(store_partition, model_partition);
         }
     }

@@ -1,10 +1,12 @@
 //! Invariants I1–I5 under concurrent requests (SPEC §4).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures_util::future::join_all;
 use serde_json::{Value, json};
+
+use identity_reconciliation::domain::UnionFind;
 
 use crate::helpers::{TestApp, spawn_app};
 
@@ -92,41 +94,22 @@ async fn concurrent_pairwise_links_end_as_one_identity() {
     }
 }
 
-/// Union-find over the values that appeared together in one request.
+/// The model's identities: values that appeared together in one request, joined.
 fn model_partition(requests: &[(Option<String>, Option<String>)]) -> BTreeSet<BTreeSet<String>> {
-    fn find(parent: &mut HashMap<String, String>, v: &str) -> String {
-        let p = parent
-            .entry(v.to_owned())
-            .or_insert_with(|| v.to_owned())
-            .clone();
-        if p == v {
-            return p;
-        }
-        let root = find(parent, &p);
-        parent.insert(v.to_owned(), root.clone());
-        root
-    }
-    let mut parent = HashMap::new();
+    let mut model: UnionFind<String> = UnionFind::default();
     for (email, phone) in requests {
-        let values: Vec<String> = email
-            .iter()
-            .map(|e| format!("e:{e}"))
-            .chain(phone.iter().map(|p| format!("p:{p}")))
-            .collect();
-        for v in &values {
-            find(&mut parent, v);
-        }
-        if let [a, b] = values.as_slice() {
-            let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
-            parent.insert(ra, rb);
-        }
+        model.join(
+            email
+                .iter()
+                .map(|e| format!("e:{e}"))
+                .chain(phone.iter().map(|p| format!("p:{p}"))),
+        );
     }
-    let values: Vec<String> = parent.keys().cloned().collect();
-    let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for v in values {
-        groups.entry(find(&mut parent, &v)).or_default().insert(v);
-    }
-    groups.into_values().collect()
+    model
+        .sets()
+        .into_iter()
+        .map(|set| set.into_iter().collect())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -422,7 +422,7 @@ async fn servers_starting_together_migrate_once() {
             db::run_migrations(&pool).await
         })
     });
-    let applied: Vec<usize> = futures::future::join_all(migrations)
+    let applied: Vec<usize> = futures_util::future::join_all(migrations)
         .await
         .into_iter()
         .map(|joined| joined.unwrap().expect("a migration run failed"))

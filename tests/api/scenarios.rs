@@ -9,7 +9,7 @@
 //! ```
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
@@ -17,8 +17,6 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::helpers::{SERVER_BINARY as SERVER, ServerProcess, TestDatabase, free_port};
-
-const LOADGEN: &str = env!("CARGO_BIN_EXE_loadgen");
 
 /// The scenarios load the machine; running two at once would only measure that.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -71,38 +69,34 @@ impl PostgresThread {
     }
 }
 
-/// Runs loadgen to completion in a blocking thread; returns its output and summary.
+/// Runs loadgen to completion, in-process on the calling (blocking) thread; returns
+/// its exit status and JSON summary.
 fn loadgen(
     urls: &[String],
     database_url: &str,
     args: &[&str],
     report: &std::path::Path,
-) -> (Output, Value) {
-    let mut command = Command::new(LOADGEN);
+) -> (u8, Value) {
+    let mut command_line = vec!["loadgen".to_owned()];
     for url in urls {
-        command.args(["--url", url]);
+        command_line.extend(["--url".to_owned(), url.clone()]);
     }
-    let output = command
-        .args(args)
-        .args(["--progress", "0", "--json"])
-        .arg(report)
-        .env("LOADGEN_DATABASE_URL", database_url)
-        .output()
-        .unwrap();
+    command_line.extend(args.iter().map(|arg| arg.to_string()));
+    command_line
+        .extend(["--progress", "0", "--database-url", database_url, "--json"].map(str::to_owned));
+    command_line.push(report.display().to_string());
+    let status = loadgen::main_with_args(command_line);
     let summary = std::fs::read_to_string(report)
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or(Value::Null);
-    (output, summary)
+    (status, summary)
 }
 
-fn assert_passed(output: &Output, summary: &Value) {
+fn assert_passed(status: &u8, summary: &Value) {
     assert!(
-        output.status.success() && summary["passed"] == true,
-        "loadgen failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        *status == 0 && summary["passed"] == true,
+        "loadgen failed (exit status {status}): {summary:#}"
     );
     let model = &summary["model_check"];
     assert!(!model.is_null(), "the model check did not run: {summary}");
@@ -133,7 +127,7 @@ fn run_loadgen(
     database_url: String,
     args: &[&str],
     report: PathBuf,
-) -> impl Future<Output = (Output, Value)> + Send + 'static {
+) -> impl Future<Output = (u8, Value)> + Send + 'static {
     let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
     async move {
         tokio::task::spawn_blocking(move || {
