@@ -117,7 +117,7 @@ impl From<diesel::result::Error> for AttemptError {
     }
 }
 
-/// Reconciles one request (SPEC §4) and answers with the merged identity.
+/// Reconciles one request (docs/SPEC.md §4) and answers with the merged identity.
 ///
 /// The work runs in its own task: a client that hangs up mid-request must not cancel
 /// a transaction half way and hand a connection with an open transaction back to the pool.

@@ -83,7 +83,7 @@ pub fn endpoint(base: &Uri, api: Api) -> Result<Uri, String> {
 #[serde(rename_all = "camelCase")]
 pub struct Answer {
     pub primary_contact_id: i32,
-    /// The seed contract's spelling, which REST must still send; GraphQL has none.
+    /// The original contract's spelling, which REST must still send; GraphQL has none.
     #[serde(rename = "primaryContatctId")]
     pub legacy_primary_id: Option<i32>,
     pub emails: Vec<String>,

@@ -1,7 +1,7 @@
 //! What a run remembers for the model check ([`ModelLog`]), and the checks every 200
 //! answer gets the moment it arrives ([`AnswerChecks`]), which need no database.
 //!
-//! The model is the union-find of SPEC §4 (I5): values sent together in one request
+//! The model is the union-find of docs/SPEC.md §4 (I5): values sent together in one request
 //! end in one identity, and no identity joins values that no request linked.
 
 use std::collections::HashSet;
@@ -193,7 +193,7 @@ impl AnswerChecks {
     }
 }
 
-/// What is wrong with an answer's shape, if anything (SPEC §4, "The answer").
+/// What is wrong with an answer's shape, if anything (docs/SPEC.md §4, "The answer").
 fn flaw(api: Api, answer: &Answer) -> Option<String> {
     fn has_duplicates<T: Eq + Hash>(items: &[T]) -> bool {
         items.iter().collect::<HashSet<_>>().len() != items.len()

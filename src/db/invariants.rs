@@ -1,4 +1,4 @@
-//! Set-based checks of invariants I1–I3 (SPEC §4) over a whole database, used by the
+//! Set-based checks of invariants I1–I3 (docs/SPEC.md §4) over a whole database, used by the
 //! test suite after every scenario and by operators after incidents.
 
 use diesel::sql_types::{Array, BigInt, Text};

@@ -215,7 +215,7 @@ impl Phone {
         Ok(Some(Self(format!("{plus}{digits}"))))
     }
 
-    /// Parses a phone number given as a JSON integer, the way the seed's clients send it.
+    /// Parses a phone number given as a JSON integer, as existing REST clients send it.
     pub fn from_integer(value: u64) -> Self {
         // u64 has at most 20 digits, so every value is a valid phone.
         Self(value.to_string())

@@ -1,5 +1,5 @@
 //! The business rules, free of HTTP, GraphQL and SQL: input parsing into
-//! normalised values (SPEC §3) and the reconciliation decision (SPEC §4).
+//! normalised values (docs/SPEC.md §3) and the reconciliation decision (docs/SPEC.md §4).
 
 mod contact_info;
 mod reconcile;

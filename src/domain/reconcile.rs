@@ -1,4 +1,4 @@
-//! The reconciliation decision of SPEC §4 as pure functions over loaded rows.
+//! The reconciliation decision of docs/SPEC.md §4 as pure functions over loaded rows.
 //!
 //! The service loads (and locks) every live member of the identities a request
 //! matches, asks [`decide`] what to change, applies it, and builds the answer with
@@ -140,7 +140,7 @@ pub fn decide(request: &IdentifyRequest, members: &[Contact]) -> Decision {
     })
 }
 
-/// One customer as the API answers it (SPEC §4, "The answer").
+/// One customer as the API answers it (docs/SPEC.md §4, "The answer").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub primary_id: i32,

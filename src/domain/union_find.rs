@@ -1,4 +1,4 @@
-//! Disjoint sets: the reference model of identities (SPEC §4, I5). Values sent
+//! Disjoint sets: the reference model of identities (docs/SPEC.md §4, I5). Values sent
 //! together in one request end in one identity, transitively; this is the one
 //! implementation that the domain's property test, the concurrency tests and the
 //! load generator's model check all compare the service against.

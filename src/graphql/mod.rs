@@ -1,4 +1,4 @@
-//! The GraphQL API (SPEC §6): `POST /graphql` executes, `GET /graphql` serves
+//! The GraphQL API (docs/SPEC.md §6): `POST /graphql` executes, `GET /graphql` serves
 //! GraphiQL from assets compiled into the binary. Resolvers are thin adapters over
 //! the service layer and the same input parsing REST uses.
 

@@ -1,4 +1,5 @@
-//! `POST /identify`: the seed's contract, parsed strictly, answered by the service.
+//! `POST /identify`: the original FluxKart contract (docs/SPEC.md §5), parsed strictly,
+//! answered by the service.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -49,7 +50,8 @@ fn phone_number_schema() -> utoipa::openapi::Schema {
     )
 }
 
-/// The answer body; `primaryContatctId` (sic) is the seed's spelling and stays.
+/// The answer body; `primaryContatctId` (sic) is the original contract's spelling and
+/// stays for existing clients.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IdentifyResponse {
     pub contact: IdentityBody,
@@ -59,7 +61,7 @@ pub struct IdentifyResponse {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IdentityBody {
-    /// The primary contact's id, in the seed's original spelling.
+    /// The primary contact's id, in the original contract's spelling.
     #[serde(rename = "primaryContatctId")]
     pub primary_contatct_id: i32,
     /// The same id, spelt right.

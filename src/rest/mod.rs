@@ -1,4 +1,4 @@
-//! The REST API: `POST /identify` (SPEC §5) and the health endpoints.
+//! The REST API: `POST /identify` (docs/SPEC.md §5) and the health endpoints.
 
 pub mod health;
 pub mod identify;

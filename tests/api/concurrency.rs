@@ -1,4 +1,4 @@
-//! Invariants I1–I5 under concurrent requests (SPEC §4).
+//! Invariants I1–I5 under concurrent requests (docs/SPEC.md §4).
 
 use std::collections::BTreeSet;
 use std::time::Duration;

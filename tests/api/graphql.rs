@@ -1,4 +1,4 @@
-//! The GraphQL API (SPEC §6) over HTTP: every field, pagination, filters, errors,
+//! The GraphQL API (docs/SPEC.md §6) over HTTP: every field, pagination, filters, errors,
 //! limits, batching, and the schema file.
 
 use serde_json::{Value, json};
@@ -25,7 +25,7 @@ fn error_code(response: &Value) -> &str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_seed_scenarios_through_graphql() {
+async fn the_original_examples_through_graphql() {
     let app = spawn_app().await;
     let first = identify(&app, Some("lorraine@hillvalley.edu"), Some("123456")).await;
     assert_eq!(

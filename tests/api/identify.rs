@@ -1,11 +1,11 @@
-//! The reconciliation rules of SPEC §4 and the seed's examples, over REST.
+//! The reconciliation rules of docs/SPEC.md §4 and the original contract's examples, over REST.
 
 use serde_json::json;
 
 use crate::helpers::spawn_app;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_example_lorraine_and_mcfly() {
+async fn original_example_lorraine_and_mcfly() {
     let app = spawn_app().await;
     let (status, first) = app
         .post_identify(&json!({"email": "lorraine@hillvalley.edu", "phoneNumber": "123456"}))
@@ -50,7 +50,7 @@ async fn seed_example_lorraine_and_mcfly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_example_george_and_biffsucks_merge() {
+async fn original_example_george_and_biffsucks_merge() {
     let app = spawn_app().await;
     let george = app
         .identify(Some("george@hillvalley.edu"), Some("919191"))

@@ -1,4 +1,4 @@
-//! Bad input (SPEC §3, §5): a clear 4xx naming the field, and nothing written.
+//! Bad input (docs/SPEC.md §3, §5): a clear 4xx naming the field, and nothing written.
 
 use serde_json::{Value, json};
 
