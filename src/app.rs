@@ -48,6 +48,16 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// What an identify changed, into the metrics and the request's log line; both
+    /// adapters call this, so REST and GraphQL count alike.
+    pub fn record_identified(&self, identified: &crate::service::Identified) {
+        self.metrics
+            .observe_identify(identified.outcome, identified.merged_primaries);
+        tracing::Span::current().record("outcome", identified.outcome.as_str());
+    }
+}
+
 impl Deref for AppState {
     type Target = App;
 

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::domain::{Field, InputError};
+use crate::domain::InputError;
 use crate::service::ServiceError;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,10 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the database is unavailable; try again shortly")]
     Unavailable,
+    /// A use case failed; whether the client may retry depends on why. The cause is
+    /// logged when the answer is made, never sent.
+    #[error("{}", if .0.is_unavailable() { "the database is unavailable; try again shortly" } else { "internal error" })]
+    Service(#[from] ServiceError),
     #[error("the request took too long; try again shortly")]
     Timeout,
     #[error("too many requests; retry after {retry_after_secs} s")]
@@ -46,6 +50,8 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Service(err) if err.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Service(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -61,24 +67,11 @@ impl ApiError {
             ApiError::NotFound => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::Unavailable => "SERVICE_UNAVAILABLE",
+            ApiError::Service(err) if err.is_unavailable() => "SERVICE_UNAVAILABLE",
+            ApiError::Service(_) => "INTERNAL",
             ApiError::Timeout => "TIMEOUT",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Internal => "INTERNAL",
-        }
-    }
-}
-
-impl From<ServiceError> for ApiError {
-    fn from(err: ServiceError) -> Self {
-        match err {
-            ServiceError::Unavailable(_) | ServiceError::Contended => {
-                tracing::warn!(error = %err, "identify unavailable");
-                ApiError::Unavailable
-            }
-            ServiceError::Database(_) => {
-                tracing::error!(error = %err, "identify failed");
-                ApiError::Internal
-            }
         }
     }
 }
@@ -104,6 +97,7 @@ impl ApiError {
     /// The error as a GraphQL-over-HTTP answer: `{"errors": [{message, extensions:
     /// {code}}]}`, with the same status and headers as the REST rendering.
     pub fn into_graphql_response(self) -> Response {
+        self.log_cause();
         let body = serde_json::json!({
             "errors": [{
                 "message": self.to_string(),
@@ -119,9 +113,22 @@ impl ApiError {
         response
     }
 
+    /// Logs what the client is not told: the cause of a failed use case. Called
+    /// once, where the answer is made.
+    fn log_cause(&self) {
+        if let ApiError::Service(err) = self {
+            if err.is_unavailable() {
+                tracing::warn!(error = %err, "database unavailable");
+            } else {
+                tracing::error!(error = %err, "request failed");
+            }
+        }
+    }
+
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
             ApiError::Unavailable | ApiError::Timeout => Some(1),
+            ApiError::Service(err) if err.is_unavailable() => Some(1),
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         }
@@ -130,10 +137,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.log_cause();
         let field = match &self {
-            ApiError::InvalidInput(InputError { field, .. }) if *field != Field::Body => {
-                Some(field.as_str().to_owned())
-            }
+            ApiError::InvalidInput(InputError { field, .. }) => Some(field.as_str().to_owned()),
             _ => None,
         };
         let body = ErrorBody {

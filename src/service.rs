@@ -30,21 +30,21 @@
 //! Round trips: 1 for a request that changes nothing; otherwise that read, BEGIN,
 //! the three locked reads, the writes, COMMIT — five.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use diesel_async::AsyncConnection;
 use futures_util::future::{try_join, try_join3};
 use tracing::Instrument;
 
-use crate::db::{DbPool, contacts};
+use crate::db::{DbError, DbPool, contacts};
 use crate::domain::{Contact, Decision, IdentifyRequest, Identity, Outcome, decide};
-use crate::metrics::Metrics;
 
 /// A commit can still race under pathological contention; after this many attempts
 /// the caller gets a retryable "unavailable" instead of an endless loop.
 const MAX_ATTEMPTS: u32 = 16;
 
-/// What `identify` returns: the merged identity and what the call changed.
+/// What `identify` returns: the merged identity and what the call changed. The
+/// adapters turn the outcome into metrics and log fields.
 #[derive(Debug, Clone)]
 pub struct Identified {
     pub identity: Identity,
@@ -55,52 +55,36 @@ pub struct Identified {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// The database could not be reached, or the pool had no connection to give in time.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
     /// Concurrent merges kept invalidating this request's locks.
     #[error("gave up after {MAX_ATTEMPTS} attempts under contention")]
     Contended,
-    #[error("database error: {0}")]
-    Database(diesel::result::Error),
+    /// The task running the use case panicked: a bug, reported as what it is.
+    #[error("the identify task panicked: {0}")]
+    Panicked(String),
 }
 
-impl From<diesel::result::Error> for ServiceError {
-    fn from(err: diesel::result::Error) -> Self {
-        use diesel::result::{DatabaseErrorKind, Error};
-        match err {
-            Error::DatabaseError(
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-                info,
-            ) => ServiceError::Unavailable(info.message().to_owned()),
-            Error::BrokenTransactionManager => {
-                ServiceError::Unavailable("connection lost inside a transaction".to_owned())
-            }
-            Error::DatabaseError(_, info) if is_server_going_away(info.message()) => {
-                ServiceError::Unavailable(info.message().to_owned())
-            }
-            other => ServiceError::Database(other),
+impl ServiceError {
+    /// Whether the client should retry later (503) rather than report a bug (500).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ServiceError::Db(err) => err.is_unavailable(),
+            ServiceError::Contended => true,
+            ServiceError::Panicked(_) => false,
         }
     }
 }
 
-/// PostgreSQL's messages for a server shutting down, starting up or recovering
-/// (SQLSTATE classes 57P and 08). diesel does not expose the SQLSTATE, only the
-/// message, which these servers send untranslated unless `lc_messages` says otherwise.
-fn is_server_going_away(message: &str) -> bool {
-    const MESSAGES: [&str; 5] = [
-        "terminating connection due to administrator command",
-        "terminating connection due to unexpected postmaster exit",
-        "the database system is shutting down",
-        "the database system is starting up",
-        "the database system is in recovery mode",
-    ];
-    MESSAGES.iter().any(|known| message.starts_with(known))
+impl From<diesel::result::Error> for ServiceError {
+    fn from(err: diesel::result::Error) -> Self {
+        ServiceError::Db(err.into())
+    }
 }
 
 impl From<diesel_async::pooled_connection::deadpool::PoolError> for ServiceError {
     fn from(err: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
-        ServiceError::Unavailable(err.to_string())
+        ServiceError::Db(err.into())
     }
 }
 
@@ -121,23 +105,7 @@ impl From<diesel::result::Error> for AttemptError {
 ///
 /// The work runs in its own task: a client that hangs up mid-request must not cancel
 /// a transaction half way and hand a connection with an open transaction back to the pool.
-pub async fn identify(
-    pool: &DbPool,
-    metrics: &Metrics,
-    request: IdentifyRequest,
-) -> Result<Identified, ServiceError> {
-    let result = identify_to_completion(pool, request).await;
-    if let Ok(identified) = &result {
-        metrics.observe_identify(identified.outcome, identified.merged_primaries);
-        tracing::Span::current().record("outcome", identified.outcome.as_str());
-    }
-    result
-}
-
-async fn identify_to_completion(
-    pool: &DbPool,
-    request: IdentifyRequest,
-) -> Result<Identified, ServiceError> {
+pub async fn identify(pool: &DbPool, request: IdentifyRequest) -> Result<Identified, ServiceError> {
     let pool = pool.clone();
     let span = tracing::info_span!("identify", outcome = tracing::field::Empty, attempts = 1);
     let task = tokio::spawn(
@@ -154,9 +122,7 @@ async fn identify_to_completion(
         Ok(result) => result,
         // The task only ends without a result if it panicked: surface it as an error
         // rather than taking the request handler down with it.
-        Err(join_error) => Err(ServiceError::Database(
-            diesel::result::Error::QueryBuilderError(join_error.to_string().into()),
-        )),
+        Err(join_error) => Err(ServiceError::Panicked(join_error.to_string())),
     }
 }
 
@@ -180,10 +146,12 @@ async fn identify_with_retry(
             Err(AttemptError::Raced) => {
                 tracing::debug!(attempt, "primary demoted concurrently, retrying")
             }
-            Err(AttemptError::Database(err)) if is_transient(&err) => {
-                tracing::debug!(attempt, error = %err, "transient conflict, retrying");
-            }
-            Err(AttemptError::Database(err)) => return Err(err.into()),
+            Err(AttemptError::Database(err)) => match DbError::from(err) {
+                DbError::Conflict(conflict) => {
+                    tracing::debug!(attempt, error = %conflict, "transient conflict, retrying");
+                }
+                other => return Err(other.into()),
+            },
         }
     }
     Err(ServiceError::Contended)
@@ -206,29 +174,14 @@ async fn answer_without_writing(
             .into_iter()
             .map(Contact::from)
             .collect();
-    let decision = decide(request, &members);
-    Ok(match decision {
-        Decision::Merge(merge) if merge.demoted_primary_ids.is_empty() && !merge.add_secondary => {
-            Some(Identified {
-                identity: Identity::from_members(merge.primary_id, members),
-                outcome: Outcome::Unchanged,
-                merged_primaries: 0,
-            })
-        }
-        _ => None,
+    Ok(match decide(request, &members) {
+        Decision::Unchanged { primary_id } => Some(Identified {
+            identity: Identity::from_members(primary_id, members),
+            outcome: Outcome::Unchanged,
+            merged_primaries: 0,
+        }),
+        Decision::NewPrimary | Decision::Merge(_) => None,
     })
-}
-
-/// Conflicts PostgreSQL resolves by aborting one side, which a retry fixes. The design
-/// above avoids both; they are retried in case a future change reintroduces them.
-fn is_transient(err: &diesel::result::Error) -> bool {
-    use diesel::result::{DatabaseErrorKind, Error};
-    match err {
-        Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
-        // diesel does not map SQLSTATE 40P01 to a kind of its own.
-        Error::DatabaseError(_, info) => info.message().starts_with("deadlock detected"),
-        _ => false,
-    }
 }
 
 async fn identify_once(
@@ -266,10 +219,11 @@ async fn identify_once(
             let row = Contact::from(contacts::insert_contact(conn, email, phone, None).await?);
             Identity::from_members(row.id, vec![row])
         }
+        Decision::Unchanged { primary_id } => Identity::from_members(*primary_id, members),
         Decision::Merge(merge) => {
             let relink = async {
                 if merge.demoted_primary_ids.is_empty() {
-                    return Ok(0);
+                    return Ok(Vec::new());
                 }
                 contacts::merge_into(conn, merge.primary_id, &merge.demoted_primary_ids).await
             };
@@ -281,18 +235,24 @@ async fn identify_once(
                     .await
                     .map(|row| Some(Contact::from(row)))
             };
-            let (_, inserted) = try_join(relink, insert).await?;
-            Identity::from_members(merge.primary_id, merge.apply(members, inserted))
+            let (relinked, inserted) = try_join(relink, insert).await?;
+            let relinked_at: HashMap<i32, _> = relinked
+                .into_iter()
+                .map(|row| (row.id, row.updated_at))
+                .collect();
+            let mut merged = merge.apply(members, inserted);
+            for contact in &mut merged {
+                if let Some(updated_at) = relinked_at.get(&contact.id) {
+                    contact.updated_at = *updated_at;
+                }
+            }
+            Identity::from_members(merge.primary_id, merged)
         }
-    };
-    let merged_primaries = match &decision {
-        Decision::Merge(merge) => merge.demoted_primary_ids.len(),
-        Decision::NewPrimary => 0,
     };
     Ok(Identified {
         identity,
         outcome: decision.outcome(),
-        merged_primaries,
+        merged_primaries: decision.merged_primaries(),
     })
 }
 

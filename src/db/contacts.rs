@@ -31,6 +31,7 @@ impl From<ContactRecord> for Contact {
             phone: record.phone_number.map(Phone::from_stored),
             linked_id: record.linked_id,
             created_at: record.created_at,
+            updated_at: record.updated_at,
         }
     }
 }
@@ -138,24 +139,34 @@ pub async fn insert_contact(
     .await
 }
 
+/// One row a merge re-linked, and its new `updated_at`.
+#[derive(Debug, Clone, Copy, QueryableByName)]
+pub struct Relinked {
+    #[diesel(sql_type = Int4)]
+    pub id: i32,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Turns the `demoted` primaries into secondaries of `primary_id` and moves their
 /// secondaries (soft-deleted ones included, so no link is ever two levels deep)
-/// to `primary_id`. Returns the number of rows changed.
+/// to `primary_id`. Returns the rows changed, so the answer shows their new times.
 pub async fn merge_into(
     mut conn: &AsyncPgConnection,
     primary_id: i32,
     demoted: &[i32],
-) -> QueryResult<usize> {
+) -> QueryResult<Vec<Relinked>> {
     static_sql!(
         MergeIntoSql = "UPDATE contacts \
          SET linked_id = $1, link_precedence = 'secondary', updated_at = clock_timestamp() \
-         WHERE id = ANY($2) OR linked_id = ANY($2)"
+         WHERE id = ANY($2) OR linked_id = ANY($2) \
+         RETURNING id, updated_at"
     );
     Prepared::<MergeIntoSql, _>::new((
         Bind::<Int4, _>::new(primary_id),
         Bind::<Array<Int4>, _>::new(demoted),
     ))
-    .execute(&mut conn)
+    .load(&mut conn)
     .await
 }
 

@@ -3,6 +3,7 @@
 
 pub mod contacts;
 pub mod embedded;
+mod error;
 pub mod invariants;
 pub mod prepared;
 pub mod schema;
@@ -24,6 +25,8 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 /// The migrations under `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+pub use error::DbError;
 
 pub type DbPool = Pool<AsyncPgConnection>;
 

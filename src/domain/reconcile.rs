@@ -20,6 +20,8 @@ pub struct Contact {
     /// The primary's id for a secondary, `None` for a primary.
     pub linked_id: Option<i32>,
     pub created_at: DateTime<Utc>,
+    /// When the row last changed; no rule reads it, the answers show it.
+    pub updated_at: DateTime<Utc>,
 }
 
 impl Contact {
@@ -43,7 +45,11 @@ impl Contact {
 pub enum Decision {
     /// Nothing matched: insert a new primary with the request's values.
     NewPrimary,
-    /// Something matched: keep one primary, fold the others into it, and maybe add a row.
+    /// Every value of the request is already in the one identity headed by
+    /// `primary_id`: nothing changes.
+    Unchanged { primary_id: i32 },
+    /// Something changes: keep one primary, fold the others into it, and maybe add a
+    /// row.
     Merge(Merge),
 }
 
@@ -102,9 +108,17 @@ impl Decision {
     pub fn outcome(&self) -> Outcome {
         match self {
             Decision::NewPrimary => Outcome::NewPrimary,
+            Decision::Unchanged { .. } => Outcome::Unchanged,
             Decision::Merge(merge) if !merge.demoted_primary_ids.is_empty() => Outcome::Merged,
-            Decision::Merge(merge) if merge.add_secondary => Outcome::NewSecondary,
-            Decision::Merge(_) => Outcome::Unchanged,
+            Decision::Merge(_) => Outcome::NewSecondary,
+        }
+    }
+
+    /// How many primaries this decision turns secondary.
+    pub fn merged_primaries(&self) -> usize {
+        match self {
+            Decision::Merge(merge) => merge.demoted_primary_ids.len(),
+            Decision::NewPrimary | Decision::Unchanged { .. } => 0,
         }
     }
 }
@@ -133,10 +147,16 @@ pub fn decide(request: &IdentifyRequest, members: &[Contact]) -> Decision {
         .phone()
         .is_none_or(|phone| members.iter().any(|c| c.phone.as_ref() == Some(phone)));
 
+    let add_secondary = !(email_known && phone_known);
+    if demoted_primary_ids.is_empty() && !add_secondary {
+        return Decision::Unchanged {
+            primary_id: primary.id,
+        };
+    }
     Decision::Merge(Merge {
         primary_id: primary.id,
         demoted_primary_ids,
-        add_secondary: !(email_known && phone_known),
+        add_secondary,
     })
 }
 
@@ -232,6 +252,7 @@ mod tests {
                 phone: request.phone().cloned(),
                 linked_id,
                 created_at: at,
+                updated_at: at,
             };
             match decide(request, &members) {
                 Decision::NewPrimary => {
@@ -239,6 +260,7 @@ mod tests {
                     self.rows.push(row.clone());
                     Identity::from_members(row.id, vec![row])
                 }
+                Decision::Unchanged { primary_id } => Identity::from_members(primary_id, members),
                 Decision::Merge(merge) => {
                     let inserted = merge
                         .add_secondary
@@ -392,6 +414,7 @@ mod tests {
             phone: Phone::parse(phone).unwrap(),
             linked_id,
             created_at: at(second),
+            updated_at: at(second),
         }
     }
 
@@ -411,9 +434,10 @@ mod tests {
             contact(2, "b@x.io", "1", Some(1), 1),
         ];
         let decision = decide(&request("b@x.io", "1"), &members);
+        assert_eq!(decision, Decision::Unchanged { primary_id: 1 });
         assert_eq!(decision.outcome(), Outcome::Unchanged);
         let decision = decide(&IdentifyRequest::parse(None, Some("1")).unwrap(), &members);
-        assert_eq!(decision.outcome(), Outcome::Unchanged);
+        assert_eq!(decision, Decision::Unchanged { primary_id: 1 });
     }
 
     #[test]

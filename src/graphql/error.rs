@@ -1,22 +1,39 @@
 //! GraphQL errors: a message for people and a stable `extensions.code` for code.
+//!
+//! Resolvers use `?`: every error type of the layers below converts into an
+//! `async_graphql::Error` here, with its code. Internal details never reach the
+//! client; the original error rides along as the error's `source`, and the request
+//! handler logs it once, where the answer is made ([`log_failures`]).
 
-use async_graphql::ErrorExtensions;
+use std::sync::Arc;
 
+use async_graphql::{ErrorExtensions, ServerError};
+
+use crate::db::DbError;
 use crate::domain::{Field, InputError};
 use crate::service::{LookupError, ServiceError};
 
 /// The `extensions.code` values this API emits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
+    /// The document is not GraphQL (Apollo's code).
+    GraphqlParseFailed,
+    /// The document does not fit the schema: unknown fields, wrong argument types
+    /// (Apollo's code).
+    GraphqlValidationFailed,
+    /// A value, or the document's size or cost, that the client must change.
     BadUserInput,
     NotFound,
     ServiceUnavailable,
+    /// A bug or a broken database; never the client's fault.
     Internal,
 }
 
 impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
+            ErrorCode::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
+            ErrorCode::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
             ErrorCode::BadUserInput => "BAD_USER_INPUT",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
@@ -29,38 +46,152 @@ impl ErrorCode {
         async_graphql::Error::new(message.into())
             .extend_with(|_, extensions| extensions.set("code", self.as_str()))
     }
+
+    /// A client error about the argument (or input field) `field`.
+    pub fn argument_error(self, field: &str, message: impl Into<String>) -> async_graphql::Error {
+        self.error(message)
+            .extend_with(|_, extensions| extensions.set("field", field))
+    }
 }
 
-/// Bad input: the same message REST gives, plus the field at fault.
-pub fn bad_input(err: InputError) -> async_graphql::Error {
-    let field = (err.field != Field::Body).then(|| err.field.as_str());
-    ErrorCode::BadUserInput
-        .error(err.message)
-        .extend_with(|_, extensions| {
-            if let Some(field) = field {
-                extensions.set("field", field);
-            }
-        })
+/// Bad input: the same message REST gives, plus the field at fault (`input` when
+/// the input as a whole is wrong, such as neither value given).
+impl From<InputError> for async_graphql::Error {
+    fn from(err: InputError) -> Self {
+        let field = match err.field {
+            Field::Body => "input",
+            field => field.as_str(),
+        };
+        ErrorCode::BadUserInput.argument_error(field, err.message)
+    }
 }
 
-/// A service failure, logged once here; internals never reach the client.
-pub fn service_error(err: &ServiceError) -> async_graphql::Error {
-    match err {
-        ServiceError::Unavailable(_) | ServiceError::Contended => {
-            tracing::warn!(error = %err, "graphql: database unavailable");
-            ErrorCode::ServiceUnavailable.error("the database is unavailable; try again shortly")
-        }
-        ServiceError::Database(_) => {
-            tracing::error!(error = %err, "graphql: database error");
-            ErrorCode::Internal.error("internal error")
+/// The error a loader hands every field that waited on it: cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LoadError(pub Arc<DbError>);
+
+impl From<DbError> for LoadError {
+    fn from(err: DbError) -> Self {
+        LoadError(Arc::new(err))
+    }
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<LoadError> for async_graphql::Error {
+    fn from(err: LoadError) -> Self {
+        failure(err.0.is_unavailable(), err)
+    }
+}
+
+impl From<DbError> for async_graphql::Error {
+    fn from(err: DbError) -> Self {
+        failure(err.is_unavailable(), err)
+    }
+}
+
+impl From<ServiceError> for async_graphql::Error {
+    fn from(err: ServiceError) -> Self {
+        failure(err.is_unavailable(), err)
+    }
+}
+
+impl From<LookupError> for async_graphql::Error {
+    fn from(err: LookupError) -> Self {
+        match err {
+            LookupError::Ambiguous(..) => ErrorCode::BadUserInput.error(err.to_string()),
+            LookupError::Service(err) => err.into(),
         }
     }
 }
 
-pub fn lookup_error(err: LookupError) -> async_graphql::Error {
-    match err {
-        LookupError::Ambiguous(..) => ErrorCode::BadUserInput.error(err.to_string()),
-        LookupError::Service(err) => service_error(&err),
+/// A failure that is not the client's: a fixed message and code, the cause kept
+/// as the error's source for the log.
+fn failure<E>(unavailable: bool, cause: E) -> async_graphql::Error
+where
+    E: std::fmt::Display + Send + Sync + 'static,
+{
+    let (code, message) = if unavailable {
+        (
+            ErrorCode::ServiceUnavailable,
+            "the database is unavailable; try again shortly",
+        )
+    } else {
+        (ErrorCode::Internal, "internal error")
+    };
+    let logged = Logged(cause.to_string());
+    let mut error = async_graphql::Error::new_with_source(logged);
+    error.message = message.to_owned();
+    error.extend_with(|_, extensions| extensions.set("code", code.as_str()))
+}
+
+/// The cause of a failure, for the server's log only.
+#[derive(Debug)]
+struct Logged(String);
+
+impl std::fmt::Display for Logged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What async-graphql says when a document is over one of its limits; these are
+/// the client's to fix, like our own limits.
+const LIMIT_MESSAGES: [&str; 4] = [
+    "Query is too complex",
+    "Query is nested too deep",
+    "The number of directives on the field",
+    "The recursion depth of the query cannot be greater than",
+];
+
+/// Gives every error that reached the answer without a code the one it deserves:
+/// errors before execution (no path) are the document's (a limit, or a validation
+/// failure); errors during execution that nobody coded are internal.
+pub fn code_uncoded(errors: &mut [ServerError]) {
+    for error in errors {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_some() {
+            continue;
+        }
+        let code = if !error.path.is_empty() {
+            ErrorCode::Internal
+        } else if LIMIT_MESSAGES
+            .iter()
+            .any(|limit| error.message.starts_with(limit))
+        {
+            ErrorCode::BadUserInput
+        } else {
+            ErrorCode::GraphqlValidationFailed
+        };
+        if code == ErrorCode::Internal {
+            tracing::error!(message = %error.message, "uncoded GraphQL error during execution");
+            error.message = "internal error".to_owned();
+        }
+        extensions.set("code", code.as_str());
+    }
+}
+
+/// Logs, once, the failures that were not the client's, with their cause.
+pub fn log_failures(errors: &[ServerError]) {
+    for error in errors {
+        let Some(cause) = error.source::<Logged>() else {
+            continue;
+        };
+        let code = error
+            .extensions
+            .as_ref()
+            .and_then(|extensions| extensions.get("code"))
+            .map(|code| code.to_string())
+            .unwrap_or_default();
+        if code.contains(ErrorCode::ServiceUnavailable.as_str()) {
+            tracing::warn!(error = %cause, path = ?error.path, "graphql: database unavailable");
+        } else {
+            tracing::error!(error = %cause, path = ?error.path, "graphql: field failed");
+        }
     }
 }
 
@@ -75,15 +206,68 @@ mod tests {
 
     #[test]
     fn each_error_maps_to_its_code() {
-        let input = bad_input(InputError::new(Field::Email, "email must contain an '@'"));
+        let input: async_graphql::Error =
+            InputError::new(Field::Email, "email must contain an '@'").into();
         assert_eq!(code_of(&input), "\"BAD_USER_INPUT\"");
         assert_eq!(input.message, "email must contain an '@'");
-        let unavailable = service_error(&ServiceError::Unavailable("pool timed out".into()));
+        let whole: async_graphql::Error = InputError::new(Field::Body, "neither").into();
+        let field = whole.extensions.as_ref().unwrap().get("field").unwrap();
+        assert_eq!(field.to_string(), "\"input\"");
+
+        let unavailable: async_graphql::Error =
+            ServiceError::Db(DbError::Unavailable("pool timed out".into())).into();
         assert_eq!(code_of(&unavailable), "\"SERVICE_UNAVAILABLE\"");
-        let internal = service_error(&ServiceError::Database(diesel::result::Error::NotFound));
+        assert!(!unavailable.message.contains("pool"), "internals leaked");
+        let contended: async_graphql::Error = ServiceError::Contended.into();
+        assert_eq!(code_of(&contended), "\"SERVICE_UNAVAILABLE\"");
+
+        let internal: async_graphql::Error =
+            ServiceError::Db(DbError::Query(diesel::result::Error::NotFound)).into();
         assert_eq!(code_of(&internal), "\"INTERNAL\"");
         assert!(!internal.message.contains("NotFound"), "internals leaked");
-        let ambiguous = lookup_error(LookupError::Ambiguous(1, 2));
+        let panicked: async_graphql::Error = ServiceError::Panicked("boom".into()).into();
+        assert_eq!(code_of(&panicked), "\"INTERNAL\"");
+        assert!(!panicked.message.contains("boom"));
+
+        let ambiguous: async_graphql::Error = LookupError::Ambiguous(1, 2).into();
         assert_eq!(code_of(&ambiguous), "\"BAD_USER_INPUT\"");
+        let loaded: async_graphql::Error =
+            LoadError::from(DbError::Unavailable("refused".into())).into();
+        assert_eq!(code_of(&loaded), "\"SERVICE_UNAVAILABLE\"");
+    }
+
+    #[test]
+    fn uncoded_errors_get_the_code_of_where_they_arose() {
+        let mut errors = vec![
+            ServerError::new("Query is too complex.", None),
+            ServerError::new("Unknown field \"x\" on type \"Query\".", None),
+            {
+                let mut error = ServerError::new("something broke", None);
+                error.path = vec![async_graphql::PathSegment::Field("contact".into())];
+                error
+            },
+        ];
+        code_uncoded(&mut errors);
+        let codes: Vec<String> = errors
+            .iter()
+            .map(|error| {
+                error
+                    .extensions
+                    .as_ref()
+                    .unwrap()
+                    .get("code")
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "\"BAD_USER_INPUT\"",
+                "\"GRAPHQL_VALIDATION_FAILED\"",
+                "\"INTERNAL\""
+            ]
+        );
+        assert_eq!(errors[2].message, "internal error");
     }
 }

@@ -15,7 +15,7 @@ use async_graphql::{Name, Pos, ServerError, Variables};
 use async_graphql_value::{ConstValue, Value};
 
 use super::error::ErrorCode;
-use crate::domain::{Field as InputField, IdentifyRequest};
+use crate::domain::{IdentifyRequest, InputError};
 
 /// Page size when `first` is not given.
 pub const DEFAULT_PAGE_SIZE: i32 = 20;
@@ -41,6 +41,41 @@ pub const MAX_ERRORS: usize = 20;
 /// The page size a `first` argument asks for, as the complexity counts it.
 pub fn page_size(first: Option<i32>) -> i32 {
     first.unwrap_or(DEFAULT_PAGE_SIZE).clamp(0, MAX_PAGE_SIZE)
+}
+
+/// A page request (`first`, `after`) checked against the page bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub first: usize,
+    /// The id the previous page ended with.
+    pub after: Option<i32>,
+}
+
+impl Page {
+    pub fn parse(first: Option<i32>, after: Option<String>) -> async_graphql::Result<Self> {
+        use async_graphql::connection::{CursorType, OpaqueCursor};
+        let first = first.unwrap_or(DEFAULT_PAGE_SIZE);
+        if !(0..=MAX_PAGE_SIZE).contains(&first) {
+            return Err(ErrorCode::BadUserInput.argument_error(
+                "first",
+                format!("first must be between 0 and {MAX_PAGE_SIZE}, got {first}"),
+            ));
+        }
+        let after = after
+            .map(|cursor| {
+                OpaqueCursor::<i32>::decode_cursor(&cursor)
+                    .map(|OpaqueCursor(id)| id)
+                    .map_err(|_| {
+                        ErrorCode::BadUserInput
+                            .argument_error("after", "after is not a cursor this API issued")
+                    })
+            })
+            .transpose()?;
+        Ok(Self {
+            first: first as usize,
+            after,
+        })
+    }
 }
 
 /// The configured bounds.
@@ -234,7 +269,7 @@ fn invalid_identify_inputs(
             let email = text_or_absent(input.get("email"))?;
             let phone = text_or_absent(input.get("phoneNumber"))?;
             let err = IdentifyRequest::parse(email, phone).err()?;
-            Some(input_error(field, err.message, err.field))
+            Some(input_error(field, err))
         })
         .collect()
 }
@@ -275,24 +310,10 @@ fn text_or_absent(value: Option<&ConstValue>) -> Option<Option<&str>> {
     }
 }
 
-fn input_error(field: &Positioned<Field>, message: String, at: InputField) -> ServerError {
-    let response_key = field
-        .node
-        .alias
-        .as_ref()
-        .map(|alias| &alias.node)
-        .unwrap_or(&field.node.name.node);
-    let mut error = coded(
-        ServerError::new(message, Some(field.pos)),
-        ErrorCode::BadUserInput,
-    );
-    if at != InputField::Body {
-        error
-            .extensions
-            .get_or_insert_with(Default::default)
-            .set("field", at.as_str());
-    }
-    error.path = vec![async_graphql::PathSegment::Field(response_key.to_string())];
+fn input_error(field: &Positioned<Field>, err: InputError) -> ServerError {
+    let response_key = field.node.response_key().node.to_string();
+    let mut error = async_graphql::Error::from(err).into_server_error(field.pos);
+    error.path = vec![async_graphql::PathSegment::Field(response_key)];
     error
 }
 

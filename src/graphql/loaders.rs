@@ -1,15 +1,26 @@
 //! DataLoaders: every by-id and by-identity field of a request is gathered and
 //! fetched with one `= ANY($1)` query per kind, however many rows ask.
+//!
+//! Keys are types of their own, so a contact id cannot be handed to the loader of
+//! identities by mistake (or the other way round).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::dataloader::Loader;
 
-use crate::db::DbPool;
-use crate::db::contacts::{self, ContactRecord};
+use super::error::LoadError;
+use crate::db::contacts;
+use crate::db::{DbError, DbPool};
 use crate::domain::{Contact, Identity};
-use crate::service::ServiceError;
+
+/// The id of any contact, primary or secondary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContactId(pub i32);
+
+/// The id of an identity's primary contact, which names the identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrimaryId(pub i32);
 
 /// Live contacts by id.
 pub struct ContactLoader {
@@ -22,40 +33,25 @@ impl ContactLoader {
     }
 }
 
-impl Loader<i32> for ContactLoader {
-    type Value = ContactRecord;
-    type Error = Arc<ServiceError>;
+impl Loader<ContactId> for ContactLoader {
+    type Value = Contact;
+    type Error = LoadError;
 
-    async fn load(&self, ids: &[i32]) -> Result<HashMap<i32, ContactRecord>, Self::Error> {
-        let conn = self.pool.get().await.map_err(|err| Arc::new(err.into()))?;
-        let rows = contacts::find_by_ids(&conn, ids)
+    async fn load(&self, ids: &[ContactId]) -> Result<HashMap<ContactId, Contact>, LoadError> {
+        let ids: Vec<i32> = ids.iter().map(|ContactId(id)| *id).collect();
+        let conn = self.pool.get().await.map_err(DbError::from)?;
+        let rows = contacts::find_by_ids(&conn, &ids)
             .await
-            .map_err(|err| Arc::new(err.into()))?;
-        Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+            .map_err(DbError::from)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (ContactId(row.id), Contact::from(row)))
+            .collect())
     }
 }
 
-/// One identity as read in this request: its answer, built once, and its members
-/// (the primary first, then contact order). Shared, so that every contact of a page
-/// asking for its identity costs a pointer, not a copy of the identity.
-#[derive(Debug)]
-pub struct IdentitySnapshot {
-    pub identity: Identity,
-    pub members: Vec<ContactRecord>,
-}
-
-impl IdentitySnapshot {
-    pub fn new(primary_id: i32, mut members: Vec<ContactRecord>) -> Self {
-        members.sort_by_key(|member| (member.id != primary_id, member.created_at, member.id));
-        let identity = Identity::from_members(
-            primary_id,
-            members.iter().cloned().map(Contact::from).collect(),
-        );
-        Self { identity, members }
-    }
-}
-
-/// The live identities, by primary id.
+/// Live identities by primary id, each built once per request and shared: every
+/// contact of a page asking for its identity costs a pointer, not a copy of it.
 pub struct MembersLoader {
     pool: DbPool,
 }
@@ -66,31 +62,33 @@ impl MembersLoader {
     }
 }
 
-impl Loader<i32> for MembersLoader {
-    type Value = Arc<IdentitySnapshot>;
-    type Error = Arc<ServiceError>;
+impl Loader<PrimaryId> for MembersLoader {
+    type Value = Arc<Identity>;
+    type Error = LoadError;
 
     async fn load(
         &self,
-        primary_ids: &[i32],
-    ) -> Result<HashMap<i32, Arc<IdentitySnapshot>>, Self::Error> {
-        let conn = self.pool.get().await.map_err(|err| Arc::new(err.into()))?;
-        let rows = contacts::load_members(&conn, primary_ids)
+        primary_ids: &[PrimaryId],
+    ) -> Result<HashMap<PrimaryId, Arc<Identity>>, LoadError> {
+        let ids: Vec<i32> = primary_ids.iter().map(|PrimaryId(id)| *id).collect();
+        let conn = self.pool.get().await.map_err(DbError::from)?;
+        let rows = contacts::load_members(&conn, &ids)
             .await
-            .map_err(|err| Arc::new(err.into()))?;
-        let mut members: HashMap<i32, Vec<ContactRecord>> = HashMap::new();
+            .map_err(DbError::from)?;
+        let mut members: HashMap<PrimaryId, Vec<Contact>> = HashMap::new();
         for row in rows {
+            let contact = Contact::from(row);
             members
-                .entry(row.linked_id.unwrap_or(row.id))
+                .entry(PrimaryId(contact.primary_id()))
                 .or_default()
-                .push(row);
+                .push(contact);
         }
         Ok(members
             .into_iter()
-            .map(|(primary_id, rows)| {
+            .map(|(primary_id, contacts)| {
                 (
                     primary_id,
-                    Arc::new(IdentitySnapshot::new(primary_id, rows)),
+                    Arc::new(Identity::from_members(primary_id.0, contacts)),
                 )
             })
             .collect())

@@ -132,7 +132,7 @@ async fn execute(
         Ok(document) => {
             limits::check(document, &variables, &limits).map(|summary| (summary, document.clone()))
         }
-        Err(err) => Err(vec![err]),
+        Err(err) => Err(vec![coded(err, ErrorCode::GraphqlParseFailed)]),
     };
     let (summary, document) = match checked {
         Ok(checked) => checked,
@@ -149,14 +149,8 @@ async fn execute(
         .data(loader(MembersLoader::new(state.pool.clone())));
     let started = Instant::now();
     let mut response = schema.execute(request).await;
-    // Errors raised before any resolver ran (syntax, unknown fields, wrong argument
-    // types, depth and complexity limits) are the client's: give them a code too.
-    for error in &mut response.errors {
-        let extensions = error.extensions.get_or_insert_with(Default::default);
-        if extensions.get("code").is_none() {
-            extensions.set("code", ErrorCode::BadUserInput.as_str());
-        }
-    }
+    error::log_failures(&response.errors);
+    error::code_uncoded(&mut response.errors);
     limits::cap_errors(&mut response.errors);
     response.data = complete::complete(
         std::mem::take(&mut response.data),
@@ -218,12 +212,7 @@ fn parse_request(body: &[u8]) -> Result<async_graphql::Request, ApiError> {
 
 /// A document refused before it ran: `data` is absent (GraphQL over HTTP), not null.
 fn refused(mut errors: Vec<ServerError>) -> Response {
-    for error in &mut errors {
-        let extensions = error.extensions.get_or_insert_with(Default::default);
-        if extensions.get("code").is_none() {
-            extensions.set("code", ErrorCode::BadUserInput.as_str());
-        }
-    }
+    error::code_uncoded(&mut errors);
     limits::cap_errors(&mut errors);
     json_response(
         StatusCode::OK,
@@ -262,6 +251,14 @@ fn charge_rate_limit(
     }
 }
 
+fn coded(mut error: ServerError, code: ErrorCode) -> ServerError {
+    error
+        .extensions
+        .get_or_insert_with(Default::default)
+        .set("code", code.as_str());
+    error
+}
+
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     (
         status,
@@ -274,9 +271,10 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
         .into_response()
 }
 
-fn loader<L>(loader: L) -> DataLoader<L, HashMapCache>
+fn loader<K, L>(loader: L) -> DataLoader<L, HashMapCache>
 where
-    L: Loader<i32>,
+    K: Send + Sync + std::hash::Hash + Eq + Clone + 'static,
+    L: Loader<K>,
 {
     DataLoader::with_cache(loader, tokio::spawn, HashMapCache::default())
 }

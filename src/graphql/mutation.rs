@@ -2,7 +2,6 @@
 
 use async_graphql::{Context, InputObject, Object, Result};
 
-use super::error::{bad_input, service_error};
 use super::types::IdentityNode;
 use crate::app::AppState;
 use crate::domain::IdentifyRequest;
@@ -25,12 +24,11 @@ impl MutationRoot {
     /// Links the order's contact details into one identity (creating, extending or
     /// merging identities as needed) and returns it.
     async fn identify(&self, ctx: &Context<'_>, input: IdentifyInput) -> Result<IdentityNode> {
-        let request = IdentifyRequest::parse(input.email.as_deref(), input.phone_number.as_deref())
-            .map_err(bad_input)?;
+        let request =
+            IdentifyRequest::parse(input.email.as_deref(), input.phone_number.as_deref())?;
         let state = ctx.data_unchecked::<AppState>();
-        let identified = service::identify(&state.pool, &state.metrics, request)
-            .await
-            .map_err(|err| service_error(&err))?;
-        Ok(IdentityNode::Answer(identified.identity))
+        let identified = service::identify(&state.pool, request).await?;
+        state.record_identified(&identified);
+        Ok(IdentityNode::from(identified.identity))
     }
 }

@@ -6,20 +6,21 @@ use async_graphql::connection::{Connection, Edge, OpaqueCursor};
 use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::{Context, InputObject, Object, Result};
 
-use super::error::{ErrorCode, bad_input, lookup_error, service_error};
-use super::limits::{DEFAULT_PAGE_SIZE, LOOKUP_COST, MAX_PAGE_SIZE, page_size};
-use super::loaders::{ContactLoader, MembersLoader};
+use super::limits::{LOOKUP_COST, Page, page_size};
+use super::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
 use super::types::{ContactNode, IdentityNode, LinkPrecedence};
 use crate::app::AppState;
-use crate::db::contacts::{self, ContactFilter as DbContactFilter, ContactRecord};
-use crate::domain::{Email, IdentifyRequest, Phone};
-use crate::service::{self, ServiceError};
+use crate::db::DbError;
+use crate::db::contacts::{self, ContactFilter};
+use crate::domain::{Contact, Email, IdentifyRequest, Phone};
+use crate::service;
 
 pub struct QueryRoot;
 
 /// Which contacts to list; every given criterion must hold.
 #[derive(Debug, Default, InputObject)]
-pub struct ContactFilter {
+#[graphql(name = "ContactFilter")]
+pub struct ContactFilterInput {
     /// Contacts with this email (normalised before matching).
     pub email: Option<String>,
     /// Contacts with this phone number (normalised before matching).
@@ -29,25 +30,25 @@ pub struct ContactFilter {
     pub primary_contact_id: Option<i32>,
 }
 
-impl ContactFilter {
-    fn parse(self) -> Result<DbContactFilter> {
-        Ok(DbContactFilter {
-            email: self
+impl TryFrom<ContactFilterInput> for ContactFilter {
+    type Error = async_graphql::Error;
+
+    fn try_from(input: ContactFilterInput) -> Result<Self> {
+        Ok(ContactFilter {
+            email: input
                 .email
                 .as_deref()
                 .map(Email::parse)
-                .transpose()
-                .map_err(bad_input)?
+                .transpose()?
                 .flatten(),
-            phone: self
+            phone: input
                 .phone_number
                 .as_deref()
                 .map(Phone::parse)
-                .transpose()
-                .map_err(bad_input)?
+                .transpose()?
                 .flatten(),
-            primary: self.link_precedence.map(|p| p == LinkPrecedence::Primary),
-            primary_contact_id: self.primary_contact_id,
+            primary: input.link_precedence.map(|p| p == LinkPrecedence::Primary),
+            primary_contact_id: input.primary_contact_id,
         })
     }
 }
@@ -61,9 +62,8 @@ impl QueryRoot {
     async fn contact(&self, ctx: &Context<'_>, id: i32) -> Result<Option<ContactNode>> {
         let contact = ctx
             .data_unchecked::<DataLoader<ContactLoader, HashMapCache>>()
-            .load_one(id)
-            .await
-            .map_err(|err| service_error(&err))?;
+            .load_one(ContactId(id))
+            .await?;
         Ok(contact.map(ContactNode))
     }
 
@@ -72,43 +72,29 @@ impl QueryRoot {
     async fn contacts(
         &self,
         ctx: &Context<'_>,
-        filter: Option<ContactFilter>,
+        filter: Option<ContactFilterInput>,
         #[graphql(desc = "Page size: 20 when omitted, at most 100.")] first: Option<i32>,
         #[graphql(desc = "The `endCursor` of the previous page.")] after: Option<String>,
     ) -> Result<ContactConnection> {
-        let first = first.unwrap_or(DEFAULT_PAGE_SIZE);
-        if !(0..=MAX_PAGE_SIZE).contains(&first) {
-            return Err(ErrorCode::BadUserInput.error(format!(
-                "first must be between 0 and {MAX_PAGE_SIZE}, got {first}"
-            )));
-        }
-        let after = after
-            .map(|cursor| {
-                async_graphql::connection::CursorType::decode_cursor(&cursor)
-                    .map(|OpaqueCursor(id): OpaqueCursor<i32>| id)
-                    .map_err(|_| {
-                        ErrorCode::BadUserInput.error("after is not a cursor this API issued")
-                    })
-            })
-            .transpose()?;
-        let filter = filter.unwrap_or_default().parse()?;
+        let page = Page::parse(first, after)?;
+        let filter = ContactFilter::try_from(filter.unwrap_or_default())?;
 
         let state = ctx.data_unchecked::<AppState>();
-        let conn = state
-            .pool
-            .get()
-            .await
-            .map_err(|err| service_error(&ServiceError::from(err)))?;
+        let conn = state.pool.get().await.map_err(DbError::from)?;
         // One row more than asked tells whether another page follows.
-        let mut rows = contacts::page(&conn, &filter, after, i64::from(first) + 1)
+        let rows = contacts::page(&conn, &filter, page.after, page.first as i64 + 1)
             .await
-            .map_err(|err| service_error(&ServiceError::from(err)))?;
-        let has_next_page = rows.len() > first as usize;
-        rows.truncate(first as usize);
+            .map_err(DbError::from)?;
         drop(conn);
+        let has_next_page = rows.len() > page.first;
+        let rows: Vec<Contact> = rows
+            .into_iter()
+            .take(page.first)
+            .map(Contact::from)
+            .collect();
         prefetch_nested(ctx, &rows).await?;
 
-        let mut connection = Connection::new(after.is_some(), has_next_page);
+        let mut connection = Connection::new(page.after.is_some(), has_next_page);
         connection.edges.extend(
             rows.into_iter()
                 .map(|row| Edge::new(OpaqueCursor(row.id), ContactNode(row))),
@@ -125,13 +111,10 @@ impl QueryRoot {
         email: Option<String>,
         phone_number: Option<String>,
     ) -> Result<Option<IdentityNode>> {
-        let request =
-            IdentifyRequest::parse(email.as_deref(), phone_number.as_deref()).map_err(bad_input)?;
+        let request = IdentifyRequest::parse(email.as_deref(), phone_number.as_deref())?;
         let state = ctx.data_unchecked::<AppState>();
-        let identity = service::lookup(&state.pool, &request)
-            .await
-            .map_err(lookup_error)?;
-        Ok(identity.map(IdentityNode::Answer))
+        let identity = service::lookup(&state.pool, &request).await?;
+        Ok(identity.map(IdentityNode::from))
     }
 }
 
@@ -139,7 +122,7 @@ impl QueryRoot {
 /// when the selection asks for it. The loaders' own batching gathers keys over a
 /// time window, which a large page can outlast; priming them makes the count of
 /// queries for a page fixed whatever its size.
-async fn prefetch_nested(ctx: &Context<'_>, rows: &[ContactRecord]) -> Result<()> {
+async fn prefetch_nested(ctx: &Context<'_>, rows: &[Contact]) -> Result<()> {
     let look_ahead = ctx.look_ahead();
     let nodes = [
         look_ahead.field("edges").field("node"),
@@ -147,21 +130,21 @@ async fn prefetch_nested(ctx: &Context<'_>, rows: &[ContactRecord]) -> Result<()
     ];
     let wants = |field: &str| nodes.iter().any(|node| node.field(field).exists());
     if wants("primary") {
-        let primary_ids: BTreeSet<i32> = rows.iter().filter_map(|row| row.linked_id).collect();
+        let primary_ids: BTreeSet<ContactId> = rows
+            .iter()
+            .filter_map(|row| row.linked_id)
+            .map(ContactId)
+            .collect();
         ctx.data_unchecked::<DataLoader<ContactLoader, HashMapCache>>()
             .load_many(primary_ids)
-            .await
-            .map_err(|err| service_error(&err))?;
+            .await?;
     }
     if wants("identity") {
-        let primary_ids: BTreeSet<i32> = rows
-            .iter()
-            .map(|row| row.linked_id.unwrap_or(row.id))
-            .collect();
+        let primary_ids: BTreeSet<PrimaryId> =
+            rows.iter().map(|row| PrimaryId(row.primary_id())).collect();
         ctx.data_unchecked::<DataLoader<MembersLoader, HashMapCache>>()
             .load_many(primary_ids)
-            .await
-            .map_err(|err| service_error(&err))?;
+            .await?;
     }
     Ok(())
 }

@@ -135,7 +135,8 @@ pub async fn identify(
         }
     })?;
     let request = parse_body(&body)?;
-    let identified = service::identify(&state.pool, &state.metrics, request).await?;
+    let identified = service::identify(&state.pool, request).await?;
+    state.record_identified(&identified);
     Ok(Json(identified.identity.into()))
 }
 

@@ -72,7 +72,11 @@ async fn identity_contacts_cycles_cannot_multiply_an_identity() {
         )}),
     )
     .await;
-    assert_eq!(error_code(&response), "BAD_USER_INPUT", "{response}");
+    assert_eq!(
+        error_code(&response),
+        "GRAPHQL_VALIDATION_FAILED",
+        "{response}"
+    );
     assert!(length < 2_000, "{length} bytes for a refusal");
 
     // The same cycle with full pages costs 100 x 100 contacts: refused before running.

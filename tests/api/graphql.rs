@@ -88,11 +88,12 @@ async fn identify_answers_exactly_what_rest_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identify_bad_input_gets_the_rest_message() {
     let app = spawn_app().await;
-    for (email, phone, field) in [
-        (Some("not-an-email"), None, Some("email")),
-        (None, Some("12ab"), Some("phoneNumber")),
-        (Some(""), Some(" "), None),
-        (None, None, None),
+    // Every error names its field: the input as a whole when neither value is given.
+    for (email, phone, field, rest_field) in [
+        (Some("not-an-email"), None, "email", "email"),
+        (None, Some("12ab"), "phoneNumber", "phoneNumber"),
+        (Some(""), Some(" "), "input", "body"),
+        (None, None, "input", "body"),
     ] {
         let response = app
             .graphql(IDENTIFY, json!({"email": email, "phone": phone}))
@@ -105,9 +106,10 @@ async fn identify_bad_input_gets_the_rest_message() {
         assert_eq!(response["errors"][0]["message"], rest["error"]["message"]);
         assert_eq!(
             response["errors"][0]["extensions"]["field"].as_str(),
-            field,
+            Some(field),
             "{response}"
         );
+        assert_eq!(rest["error"]["field"].as_str(), Some(rest_field), "{rest}");
     }
     // A wrong GraphQL type is refused by validation before any resolver runs.
     let response = app
@@ -116,11 +118,29 @@ async fn identify_bad_input_gets_the_rest_message() {
             json!({}),
         )
         .await;
-    assert_eq!(error_code(&response), "BAD_USER_INPUT", "{response}");
+    assert_eq!(
+        error_code(&response),
+        "GRAPHQL_VALIDATION_FAILED",
+        "{response}"
+    );
     let response = app.graphql("{ nosuchfield }", json!({})).await;
-    assert_eq!(error_code(&response), "BAD_USER_INPUT", "{response}");
+    assert_eq!(
+        error_code(&response),
+        "GRAPHQL_VALIDATION_FAILED",
+        "{response}"
+    );
     let response = app.graphql("{ contact(id: ", json!({})).await;
+    assert_eq!(error_code(&response), "GRAPHQL_PARSE_FAILED", "{response}");
+    // Argument errors of our own name their argument.
+    let response = app
+        .graphql("{ contacts(first: 500) { nodes { id } } }", json!({}))
+        .await;
     assert_eq!(error_code(&response), "BAD_USER_INPUT", "{response}");
+    assert_eq!(response["errors"][0]["extensions"]["field"], "first");
+    let response = app
+        .graphql("{ contacts(after: \"x\") { nodes { id } } }", json!({}))
+        .await;
+    assert_eq!(response["errors"][0]["extensions"]["field"], "after");
     assert_eq!(app.row_count().await, 0);
 }
 

@@ -239,6 +239,15 @@ async fn with_the_database_down_answers_are_prompt_503s() {
         response["errors"][0]["extensions"]["code"],
         "SERVICE_UNAVAILABLE"
     );
+    // Reads through a loader and through a page classify the failure the same way.
+    for query in ["{ contact(id: 1) { id } }", "{ contacts { nodes { id } } }"] {
+        let response = app.graphql(query, json!({})).await;
+        assert_eq!(
+            response["errors"][0]["extensions"]["code"], "SERVICE_UNAVAILABLE",
+            "{query}: {response}"
+        );
+        assert!(!response.to_string().contains("127.0.0.1"), "{response}");
+    }
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",

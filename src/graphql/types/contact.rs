@@ -3,9 +3,9 @@ use async_graphql::{Context, Enum, Object, Result};
 use chrono::{DateTime, Utc};
 
 use super::IdentityNode;
-use crate::db::contacts::ContactRecord;
-use crate::graphql::error::{ErrorCode, service_error};
-use crate::graphql::loaders::{ContactLoader, MembersLoader};
+use crate::domain::Contact;
+use crate::graphql::error::ErrorCode;
+use crate::graphql::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
 
 /// Whether a contact heads its identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -16,13 +16,7 @@ pub enum LinkPrecedence {
     Secondary,
 }
 
-pub struct ContactNode(pub ContactRecord);
-
-impl ContactNode {
-    fn primary_id(&self) -> i32 {
-        self.0.linked_id.unwrap_or(self.0.id)
-    }
-}
+pub struct ContactNode(pub Contact);
 
 /// One contact record: an email and/or a phone number seen together in an order.
 #[Object(name = "Contact")]
@@ -33,12 +27,12 @@ impl ContactNode {
 
     /// Lower-cased email, if the contact has one.
     async fn email(&self) -> Option<&str> {
-        self.0.email.as_deref()
+        self.0.email.as_ref().map(|email| email.as_str())
     }
 
     /// Normalised phone number (digits, optionally a leading `+`), if any.
     async fn phone_number(&self) -> Option<&str> {
-        self.0.phone_number.as_deref()
+        self.0.phone.as_ref().map(|phone| phone.as_str())
     }
 
     /// The primary's id for a secondary; null for a primary.
@@ -47,10 +41,10 @@ impl ContactNode {
     }
 
     async fn link_precedence(&self) -> LinkPrecedence {
-        if self.0.linked_id.is_some() {
-            LinkPrecedence::Secondary
-        } else {
+        if self.0.is_primary() {
             LinkPrecedence::Primary
+        } else {
+            LinkPrecedence::Secondary
         }
     }
 
@@ -69,9 +63,8 @@ impl ContactNode {
             return Ok(ContactNode(self.0.clone()));
         };
         ctx.data_unchecked::<DataLoader<ContactLoader, HashMapCache>>()
-            .load_one(primary_id)
-            .await
-            .map_err(|err| service_error(&err))?
+            .load_one(ContactId(primary_id))
+            .await?
             .map(ContactNode)
             .ok_or_else(|| {
                 ErrorCode::NotFound.error(format!("primary contact {primary_id} not found"))
@@ -80,13 +73,11 @@ impl ContactNode {
 
     /// The whole identity this contact belongs to.
     async fn identity(&self, ctx: &Context<'_>) -> Result<IdentityNode> {
-        let primary_id = self.primary_id();
-        let snapshot = ctx
-            .data_unchecked::<DataLoader<MembersLoader, HashMapCache>>()
-            .load_one(primary_id)
-            .await
-            .map_err(|err| service_error(&err))?
-            .ok_or_else(|| ErrorCode::NotFound.error(format!("identity {primary_id} not found")))?;
-        Ok(IdentityNode::Snapshot(snapshot))
+        let primary_id = self.0.primary_id();
+        ctx.data_unchecked::<DataLoader<MembersLoader, HashMapCache>>()
+            .load_one(PrimaryId(primary_id))
+            .await?
+            .map(IdentityNode)
+            .ok_or_else(|| ErrorCode::NotFound.error(format!("identity {primary_id} not found")))
     }
 }

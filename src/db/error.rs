@@ -1,0 +1,115 @@
+//! Database failures, classified once: is the database unable to serve us right
+//! now (retry later: 503), did PostgreSQL abort us to resolve a conflict (retry the
+//! transaction), or did a query fail (a bug: 500)?
+//!
+//! diesel-async keeps the SQLSTATE of only a few errors (it maps serialization
+//! failures to a kind of its own) and hides the rest behind the message. The
+//! messages below are PostgreSQL's own for their SQLSTATE, which servers send
+//! untranslated unless `lc_messages` says otherwise.
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::pooled_connection::deadpool::PoolError;
+
+/// A failure of the database layer, as the layers above need to see it.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Connection lost, refused or timed out; the server shutting down, starting
+    /// up or in recovery; no pooled connection in time. Worth retrying later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// PostgreSQL aborted the transaction to resolve a conflict (serialization
+    /// failure 40001, deadlock 40P01): running it again is the fix.
+    #[error("transaction aborted by a conflict: {0}")]
+    Conflict(String),
+    /// Anything else: a query the database refused.
+    #[error("query failed: {0}")]
+    Query(DieselError),
+}
+
+/// PostgreSQL's messages for SQLSTATE class 57P (operator intervention: shutdown,
+/// start-up, recovery) and the class 08 conditions it reports as errors.
+const UNAVAILABLE_MESSAGES: [&str; 6] = [
+    "terminating connection due to administrator command",
+    "terminating connection due to unexpected postmaster exit",
+    "terminating connection due to idle-session timeout",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+];
+
+/// PostgreSQL's message for SQLSTATE 40P01.
+const DEADLOCK_MESSAGE: &str = "deadlock detected";
+
+impl From<DieselError> for DbError {
+    fn from(err: DieselError) -> Self {
+        match err {
+            DieselError::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                info,
+            ) => DbError::Unavailable(info.message().to_owned()),
+            DieselError::BrokenTransactionManager => {
+                DbError::Unavailable("connection lost inside a transaction".to_owned())
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, info) => {
+                DbError::Conflict(info.message().to_owned())
+            }
+            DieselError::DatabaseError(_, info) if info.message().starts_with(DEADLOCK_MESSAGE) => {
+                DbError::Conflict(info.message().to_owned())
+            }
+            DieselError::DatabaseError(_, info)
+                if UNAVAILABLE_MESSAGES
+                    .iter()
+                    .any(|known| info.message().starts_with(known)) =>
+            {
+                DbError::Unavailable(info.message().to_owned())
+            }
+            other => DbError::Query(other),
+        }
+    }
+}
+
+impl From<PoolError> for DbError {
+    fn from(err: PoolError) -> Self {
+        DbError::Unavailable(err.to_string())
+    }
+}
+
+impl DbError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DbError::Unavailable(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database_error(kind: DatabaseErrorKind, message: &str) -> DieselError {
+        DieselError::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn each_failure_is_classified_once() {
+        let shutting_down = database_error(
+            DatabaseErrorKind::Unknown,
+            "terminating connection due to administrator command",
+        );
+        assert!(DbError::from(shutting_down).is_unavailable());
+        let closed = database_error(DatabaseErrorKind::ClosedConnection, "connection closed");
+        assert!(DbError::from(closed).is_unavailable());
+        assert!(DbError::from(DieselError::BrokenTransactionManager).is_unavailable());
+        let deadlock = database_error(DatabaseErrorKind::Unknown, "deadlock detected");
+        assert!(matches!(DbError::from(deadlock), DbError::Conflict(_)));
+        let serialization = database_error(
+            DatabaseErrorKind::SerializationFailure,
+            "could not serialize access",
+        );
+        assert!(matches!(DbError::from(serialization), DbError::Conflict(_)));
+        let syntax = database_error(DatabaseErrorKind::Unknown, "syntax error at or near");
+        assert!(matches!(DbError::from(syntax), DbError::Query(_)));
+        assert!(matches!(
+            DbError::from(DieselError::NotFound),
+            DbError::Query(_)
+        ));
+    }
+}
