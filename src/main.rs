@@ -88,7 +88,14 @@ async fn run_async(command: Command, config: Config) -> Result<ExitCode, String>
     let applied = db::run_migrations(&pool)
         .await
         .map_err(|err| err.to_string())?;
-    tracing::info!(applied, "migrations up to date");
+    if applied > 0 {
+        tracing::info!(
+            applied,
+            "applied {applied} migration(s); the database schema is up to date"
+        );
+    } else {
+        tracing::info!("the database schema is up to date (no migration to apply)");
+    }
     if command == Command::Migrate {
         return Ok(ExitCode::SUCCESS);
     }

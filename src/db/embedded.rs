@@ -251,10 +251,10 @@ impl EmbeddedPostgres {
             return;
         };
         // `Child::kill` would send SIGKILL; SIGINT is PostgreSQL's fast shutdown.
-        let _ = Command::new("kill")
-            .args(["-s", "INT", &child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
         let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -504,31 +504,15 @@ pub fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
 }
 
 fn effective_uid_is_root() -> bool {
-    // The effective uid is the second number of the `Uid:` line.
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("Uid:"))
-                .and_then(|line| line.split_whitespace().nth(2).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
+    nix::unistd::geteuid().is_root()
 }
 
 fn unprivileged_user() -> Option<RunAs> {
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
     ["postgres", "nobody"].iter().find_map(|name| {
-        passwd.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            if fields.len() > 3 && fields[0] == *name {
-                Some(RunAs {
-                    uid: fields[2].parse().ok()?,
-                    gid: fields[3].parse().ok()?,
-                })
-            } else {
-                None
-            }
+        let user = nix::unistd::User::from_name(name).ok()??;
+        Some(RunAs {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
         })
     })
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{PostgresThread, TestApp, spawn_app, spawn_app_with};
 
 /// Members of the identity `big_identity` builds.
 const BIG: usize = 2_100;
@@ -568,13 +568,13 @@ async fn made_up_methods_do_not_grow_the_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_postgres_requires_its_password() {
-    use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres, password_file};
+    use identity_reconciliation::db::embedded::{EmbeddedOptions, password_file};
     use std::os::unix::fs::PermissionsExt;
 
-    let root = tempdir();
+    let root = tempfile::tempdir().unwrap();
     let options = EmbeddedOptions {
-        data_dir: root.join("postgres"),
-        log_file: root.join("postgres.log"),
+        data_dir: root.path().join("postgres"),
+        log_file: root.path().join("postgres.log"),
         durable: false,
         bin_dir: None,
         port: None,
@@ -588,30 +588,7 @@ async fn private_postgres_requires_its_password() {
                 None => err.to_string(),
             })
     };
-    // The server lives as long as the thread that started it: keep one per server.
-    let start = {
-        let options = options.clone();
-        move || {
-            let options = options.clone();
-            let (started, url) = std::sync::mpsc::channel();
-            let (stop, stopped) = std::sync::mpsc::channel::<()>();
-            let thread = std::thread::spawn(move || {
-                let server = EmbeddedPostgres::start(&options).unwrap();
-                started
-                    .send((server.url("postgres"), server.port()))
-                    .unwrap();
-                let _ = stopped.recv();
-                drop(server);
-            });
-            let (url, port) = url.recv().unwrap();
-            PrivateServer {
-                url,
-                port,
-                stop,
-                thread,
-            }
-        }
-    };
+    let start = || PostgresThread::start(options.clone());
 
     let server = start();
     let with_password = server.url.clone();
@@ -655,34 +632,6 @@ async fn private_postgres_requires_its_password() {
     let without_password = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port);
     assert!(attempt(without_password).await.is_err(), "still trusted");
     server.stop();
-    let _ = std::fs::remove_dir_all(&root);
-}
-
-struct PrivateServer {
-    url: String,
-    port: u16,
-    stop: std::sync::mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl PrivateServer {
-    /// Stops the server and waits until it has exited.
-    fn stop(self) {
-        let _ = self.stop.send(());
-        self.thread.join().unwrap();
-    }
-}
-
-fn tempdir() -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "identity-reconciliation-abuse-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 // --- 8. Input hygiene ---

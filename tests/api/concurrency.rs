@@ -1,14 +1,13 @@
 //! Invariants I1–I5 under concurrent requests (docs/SPEC.md §4).
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use identity_reconciliation::domain::UnionFind;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, backend_pid, spawn_app, wait_until_blocked_by};
 
 async fn fire(app: &TestApp, bodies: Vec<Value>) -> Vec<Value> {
     let requests = bodies.into_iter().map(|body| async move {
@@ -170,6 +169,7 @@ async fn a_primary_demoted_while_waiting_for_its_lock_is_not_trusted() {
 
     // Someone holds Y's primary, so the bridge (c, 2) of Z and Y will wait for it.
     let mut merger = AsyncPgConnection::establish(&url).await.unwrap();
+    let merger_pid = backend_pid(&mut merger).await;
     merger
         .batch_execute("BEGIN; SELECT id FROM contacts WHERE id = 2 FOR UPDATE")
         .await
@@ -190,7 +190,7 @@ async fn a_primary_demoted_while_waiting_for_its_lock_is_not_trusted() {
             )
         }
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_until_blocked_by(&url, merger_pid).await;
     assert!(
         !bridge.is_finished(),
         "the bridge did not wait for Y's lock"
@@ -199,6 +199,7 @@ async fn a_primary_demoted_while_waiting_for_its_lock_is_not_trusted() {
     // Meanwhile Y is merged into X, and X is held by another transaction (in a mode
     // that a foreign-key check would not wait for).
     let mut holder = AsyncPgConnection::establish(&url).await.unwrap();
+    let holder_pid = backend_pid(&mut holder).await;
     holder
         .batch_execute("BEGIN; SELECT id FROM contacts WHERE id = 1 FOR NO KEY UPDATE")
         .await
@@ -209,7 +210,8 @@ async fn a_primary_demoted_while_waiting_for_its_lock_is_not_trusted() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The bridge retries (Y was demoted under it) and now waits for X's primary.
+    wait_until_blocked_by(&url, holder_pid).await;
     assert!(
         !bridge.is_finished(),
         "the bridge wrote into X without holding X's primary"

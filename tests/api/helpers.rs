@@ -43,6 +43,7 @@ fn start_private_server() -> String {
     let root = std::env::temp_dir().join("identity-reconciliation-tests");
     remove_stale_clusters(&root);
     let dir = root.join(format!("pg-{}", std::process::id()));
+    remove_when_gone(&dir);
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("test-postgres".into())
@@ -76,6 +77,25 @@ fn start_private_server() -> String {
             "the tests need PostgreSQL: set DATABASE_URL, or install the server binaries.\n{err}"
         ),
     }
+}
+
+/// Removes `dir` once this process has exited and its PostgreSQL has shut down. A
+/// test binary ends with `process::exit`, which runs no destructor, so the removal
+/// is left to a small watcher process of its own.
+fn remove_when_gone(dir: &std::path::Path) {
+    let script = r#"
+        while kill -0 "$1" 2>/dev/null; do sleep 0.2; done
+        for _ in $(seq 1 150); do [ -e "$2/data/postmaster.pid" ] || break; sleep 0.2; done
+        rm -rf "$2"
+    "#;
+    let _ = std::process::Command::new("sh")
+        .args(["-c", script, "watcher"])
+        .arg(std::process::id().to_string())
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
 }
 
 /// Clusters left by test processes that are gone (their server died with them).
@@ -118,23 +138,19 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// A migrated database: a copy of the template this process migrated once
+    /// (`CREATE DATABASE … TEMPLATE`), not a migration run per test.
     pub async fn create() -> TestDatabase {
-        let database = Self::create_empty().await;
-        let pool = db::pool(
-            &database.url,
-            &db::PoolSettings::default(),
-            StatementCounter::default(),
-        )
-        .expect("build a pool");
-        db::run_migrations(&pool)
-            .await
-            .expect("migrate the test database");
-        pool.close();
-        database
+        let template = migrated_template().await;
+        Self::create_from(Some(template)).await
     }
 
     /// A database with nothing in it, not even the migrations.
     pub async fn create_empty() -> TestDatabase {
+        Self::create_from(None).await
+    }
+
+    async fn create_from(template: Option<&str>) -> TestDatabase {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let server = test_server();
         let name = format!(
@@ -145,14 +161,96 @@ impl TestDatabase {
         let mut admin = AsyncPgConnection::establish(&server.admin_url)
             .await
             .expect("connect to the test server");
+        let template = template
+            .map(|template| format!(" TEMPLATE {template}"))
+            .unwrap_or_default();
         admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .batch_execute(&format!("CREATE DATABASE {name}{template}"))
             .await
             .expect("create the test database");
         drop(admin);
         let url = with_database(&server.admin_url, &name);
         TestDatabase { url, name }
     }
+}
+
+/// The name of this process's migrated template database, made on first use.
+async fn migrated_template() -> &'static str {
+    static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            // Made on a runtime of its own: the first test's runtime ends with that
+            // test, and the pool must not outlive the runtime that drove it.
+            std::thread::spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(make_template())
+            })
+            .join()
+            .expect("the template database is made")
+        })
+        .await
+}
+
+/// Test databases of test processes that died before dropping them (on a shared
+/// `DATABASE_URL` server; a private one goes with its process).
+async fn drop_databases_of_dead_processes(admin: &mut AsyncPgConnection) {
+    #[derive(QueryableByName)]
+    struct Database {
+        #[diesel(sql_type = Text)]
+        datname: String,
+    }
+    let Ok(databases) = diesel::sql_query(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'ir\\_test\\_%' \
+         OR datname LIKE 'ir\\_template\\_%'",
+    )
+    .load::<Database>(admin)
+    .await
+    else {
+        return;
+    };
+    for Database { datname } in databases {
+        let pid = datname.split('_').nth(2).unwrap_or_default();
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {datname} WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+async fn make_template() -> String {
+    let server = test_server();
+    let name = format!("ir_template_{}", std::process::id());
+    let mut admin = AsyncPgConnection::establish(&server.admin_url)
+        .await
+        .expect("connect to the test server");
+    drop_databases_of_dead_processes(&mut admin).await;
+    // Two statements: a multi-statement batch is one transaction, which neither allows.
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .await
+        .expect("drop a leftover template database");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create the template database");
+    let url = with_database(&server.admin_url, &name);
+    let pool = db::pool(
+        &url,
+        &db::PoolSettings::default(),
+        StatementCounter::default(),
+    )
+    .expect("build a pool");
+    db::run_migrations(&pool)
+        .await
+        .expect("migrate the template database");
+    // A template must have no connection open while it is copied.
+    pool.close();
+    drop(pool);
+    name
 }
 
 impl Drop for TestDatabase {
@@ -203,6 +301,8 @@ pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
 
 /// The application pointed at a port where no database listens.
 pub async fn spawn_app_without_database() -> TestApp {
+    // A port that was free a moment ago: nothing listens there (or, in the unlikely
+    // case something took it since, nothing that speaks PostgreSQL).
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -213,6 +313,7 @@ pub async fn spawn_app_without_database() -> TestApp {
 }
 
 async fn start_app(url: &str, database: Option<TestDatabase>, flags: &[&str]) -> TestApp {
+    init_test_log();
     let mut args = vec![
         "test",
         "--host",
@@ -378,15 +479,112 @@ impl TestApp {
     }
 }
 
+/// A private PostgreSQL owned by a thread of its own. The server is tied to the life
+/// of the thread that started it (see `db::embedded`), so it must not be started
+/// from a pool thread that may retire mid-test.
+pub struct PostgresThread {
+    pub url: String,
+    pub port: u16,
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PostgresThread {
+    pub fn start(options: EmbeddedOptions) -> PostgresThread {
+        let (started, url) = std::sync::mpsc::channel();
+        let (stop, stopping) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut postgres = EmbeddedPostgres::start(&options).expect("start PostgreSQL");
+            started
+                .send((postgres.url("postgres"), postgres.port()))
+                .unwrap();
+            let _ = stopping.recv();
+            postgres.stop();
+        });
+        let (url, port) = url.recv().expect("PostgreSQL started");
+        PostgresThread {
+            url,
+            port,
+            stop,
+            thread,
+        }
+    }
+
+    /// Fast shutdown; returns once PostgreSQL has exited.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// The backend process id of `conn`'s session.
+pub async fn backend_pid(conn: &mut AsyncPgConnection) -> i32 {
+    #[derive(QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = Int4)]
+        pid: i32,
+    }
+    let pid: Pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result(conn)
+        .await
+        .unwrap();
+    pid.pid
+}
+
+/// Waits until some session is waiting for a lock that the session `blocker_pid`
+/// holds: the state a test wants before it goes on, read from PostgreSQL instead of
+/// guessed with a sleep.
+pub async fn wait_until_blocked_by(database_url: &str, blocker_pid: i32) {
+    #[derive(QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        waiting: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(database_url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let found: Waiting = diesel::sql_query(
+            "SELECT count(*) AS waiting FROM pg_stat_activity \
+             WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind::<Int4, _>(blocker_pid)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+        if found.waiting > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing ever waited for session {blocker_pid}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The server binary of this crate, as built for the tests.
 pub const SERVER_BINARY: &str = env!("CARGO_BIN_EXE_identity-reconciliation");
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Whether to show the servers' logs (`TEST_LOG=1 cargo test`): the tests' own
+/// in-process servers log to the test output, server processes to stderr.
+pub fn test_log() -> bool {
+    std::env::var_os("TEST_LOG").is_some_and(|value| !value.is_empty() && value != "0")
+}
+
+/// Installs a log subscriber for the in-process servers when `TEST_LOG` is set.
+fn init_test_log() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    if test_log() {
+        INIT.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_test_writer()
+                .try_init();
+        });
+    }
 }
 
 /// The real server binary as a child process, over `database_url`; killed on drop.
@@ -396,9 +594,16 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the server on `port` and waits until it is ready.
-    pub async fn start(database_url: &str, port: u16) -> ServerProcess {
-        let child = std::process::Command::new(SERVER_BINARY)
+    /// Starts the server on a port of its own choosing (it binds port 0 and logs
+    /// the address) and waits until it is ready.
+    pub async fn start(database_url: &str) -> ServerProcess {
+        Self::start_on(database_url, 0).await
+    }
+
+    /// Starts the server on `port` (0: any free one) and waits until it is ready.
+    pub async fn start_on(database_url: &str, port: u16) -> ServerProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(SERVER_BINARY)
             .args(["--port", &port.to_string()])
             .args([
                 "--db-acquire-timeout-ms",
@@ -407,17 +612,51 @@ impl ServerProcess {
                 "20",
             ])
             .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "error")
+            .env("LOG_FORMAT", "json")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let server = ServerProcess { child, port };
+        // The log says where the server listens; the rest of it is shown with
+        // TEST_LOG, and read either way so the server never blocks on a full pipe.
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (address_sender, address) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let show = test_log();
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if show {
+                    eprintln!("[server] {line}");
+                }
+                if let Ok(entry) = serde_json::from_str::<Value>(&line)
+                    && let Some(address) = entry["address"].as_str()
+                    && let Ok(address) = address.parse::<SocketAddr>()
+                {
+                    let _ = address_sender.send(address);
+                }
+            }
+        });
+        let address = tokio::task::spawn_blocking(move || {
+            address.recv_timeout(std::time::Duration::from_secs(30))
+        })
+        .await
+        .unwrap()
+        .expect("the server logs the address it listens on");
+        let server = ServerProcess {
+            child,
+            port: address.port(),
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !server.ready().await {
             assert!(
                 std::time::Instant::now() < deadline,
-                "server on {port} never became ready"
+                "server on {address} never became ready"
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -432,12 +671,9 @@ impl ServerProcess {
         matches!(reqwest::get(self.url("/readyz")).await, Ok(r) if r.status() == 200)
     }
 
-    pub fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args(["-s", signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal)
+            .expect("signal the server");
     }
 
     pub fn kill(&mut self) {

@@ -5,10 +5,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ServerProcess, TestDatabase, free_port, spawn_app, spawn_app_with, spawn_app_without_database,
+    ServerProcess, TestDatabase, backend_pid, spawn_app, spawn_app_with,
+    spawn_app_without_database, wait_until_blocked_by,
 };
 
 use crate::helpers::SERVER_BINARY as SERVER;
@@ -329,8 +331,9 @@ async fn the_openapi_document_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_request_in_flight_complete() {
     let database = TestDatabase::create().await;
-    let mut server = ServerProcess::start(&database.url, free_port()).await;
-    let lock = hold_email_lock(&database.url, "inflight@x.io").await;
+    let mut server = ServerProcess::start(&database.url).await;
+    let mut lock = hold_email_lock(&database.url, "inflight@x.io").await;
+    let lock_pid = backend_pid(&mut lock).await;
     let client = reqwest::Client::new();
     let in_flight = tokio::spawn({
         let request = client
@@ -338,17 +341,19 @@ async fn sigterm_lets_a_request_in_flight_complete() {
             .json(&json!({"email": "inflight@x.io"}));
         async move { request.send().await }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    server.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The identify is in flight: its transaction waits for the email's lock.
+    wait_until_blocked_by(&database.url, lock_pid).await;
+    server.signal(Signal::SIGTERM);
+    // Shutdown has begun once no new connection is accepted...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(server.url("/healthz")).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and the request still waiting holds the process up.
     assert!(
         server.child.try_wait().unwrap().is_none(),
         "exited with a request in flight"
-    );
-    // No new connections once shutdown has begun.
-    assert!(
-        reqwest::get(server.url("/healthz")).await.is_err(),
-        "still accepting"
     );
 
     drop(lock);

@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use identity_reconciliation::db::embedded::EmbeddedOptions;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::helpers::{SERVER_BINARY as SERVER, ServerProcess, TestDatabase, free_port};
+use crate::helpers::{PostgresThread, SERVER_BINARY as SERVER, ServerProcess, TestDatabase};
 
 /// The scenarios load the machine; running two at once would only measure that.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -28,44 +28,36 @@ fn load_seconds() -> u64 {
         .unwrap_or(3)
 }
 
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A folder for one scenario's files, removed when the scenario ends.
+fn scratch_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
-/// A private PostgreSQL owned by a thread of its own. The server is tied to the life
-/// of the thread that started it (see `db::embedded`), so it must not be started
-/// from a pool thread that may retire mid-test.
-struct PostgresThread {
-    url: String,
-    stop: std::sync::mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl PostgresThread {
-    fn start(options: EmbeddedOptions) -> PostgresThread {
-        let (started, url) = std::sync::mpsc::channel();
-        let (stop, stopping) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let mut postgres = EmbeddedPostgres::start(&options).expect("start PostgreSQL");
-            started.send(postgres.url("postgres")).unwrap();
-            let _ = stopping.recv();
-            postgres.stop();
-        });
-        PostgresThread {
-            url: url.recv().expect("PostgreSQL started"),
-            stop,
-            thread,
-        }
+/// Waits until the load has written at least `rows` contacts: the fault then
+/// lands on a server that is provably busy.
+async fn wait_for_load(database_url: &str, rows: i64) {
+    use diesel::QueryableByName;
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        count: i64,
     }
-
-    /// Fast shutdown; returns once PostgreSQL has exited.
-    fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.thread.join();
+    let mut conn = AsyncPgConnection::establish(database_url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let written: Count = diesel::sql_query("SELECT count(*) AS count FROM contacts")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        if written.count >= rows {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the load never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -143,8 +135,9 @@ fn run_loadgen(
 async fn heavy_contention_on_a_small_key_space() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create().await;
-    let server = ServerProcess::start(&database.url, free_port()).await;
-    let report = scratch_dir("contention").join("report.json");
+    let server = ServerProcess::start(&database.url).await;
+    let scratch = scratch_dir("contention");
+    let report = scratch.path().join("report.json");
     let seconds = load_seconds().to_string();
     let (output, summary) = run_loadgen(
         vec![server.url("")],
@@ -175,9 +168,10 @@ async fn heavy_contention_on_a_small_key_space() {
 async fn two_server_processes_share_one_database() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create().await;
-    let first = ServerProcess::start(&database.url, free_port()).await;
-    let second = ServerProcess::start(&database.url, free_port()).await;
-    let report = scratch_dir("two-servers").join("report.json");
+    let first = ServerProcess::start(&database.url).await;
+    let second = ServerProcess::start(&database.url).await;
+    let scratch = scratch_dir("two-servers");
+    let report = scratch.path().join("report.json");
     let seconds = load_seconds().to_string();
     let (output, summary) = run_loadgen(
         vec![first.url(""), second.url("")],
@@ -203,18 +197,20 @@ async fn two_server_processes_share_one_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_mid_load_then_started_again() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let dir = scratch_dir("pg-restart");
-    let pg_port = free_port();
-    let options = EmbeddedOptions {
+    let scratch = scratch_dir("pg-restart");
+    let dir = scratch.path();
+    let mut options = EmbeddedOptions {
         data_dir: dir.join("data"),
         log_file: dir.join("postgres.log"),
         durable: false,
         bin_dir: None,
-        port: Some(pg_port),
+        port: None,
     };
     let postgres = PostgresThread::start(options.clone());
+    // It comes back where the server expects it.
+    options.port = Some(postgres.port);
     let database_url = postgres.url.clone();
-    let server = ServerProcess::start(&database_url, free_port()).await;
+    let server = ServerProcess::start(&database_url).await;
 
     let seconds = load_seconds() + 8;
     let load = tokio::spawn(run_loadgen(
@@ -236,7 +232,7 @@ async fn postgres_stopped_mid_load_then_started_again() {
         ],
         dir.join("report.json"),
     ));
-    tokio::time::sleep(Duration::from_secs(load_seconds().div_ceil(2))).await;
+    wait_for_load(&database_url, 200).await;
 
     // Stop PostgreSQL under load: the server answers 503 promptly, and says it is not ready.
     tokio::task::spawn_blocking(move || postgres.stop())
@@ -261,7 +257,9 @@ async fn postgres_stopped_mid_load_then_started_again() {
         "/readyz says ready with the database down"
     );
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The outage lasts this long: long enough for the load to see it.
+    let outage = Duration::from_secs(2);
+    tokio::time::sleep(outage).await;
     let postgres = tokio::task::spawn_blocking(move || PostgresThread::start(options))
         .await
         .unwrap();
@@ -301,8 +299,9 @@ async fn postgres_stopped_mid_load_then_started_again() {
 async fn server_killed_mid_load_then_restarted() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create().await;
-    let port = free_port();
-    let mut server = ServerProcess::start(&database.url, port).await;
+    let mut server = ServerProcess::start(&database.url).await;
+    let port = server.port;
+    let scratch = scratch_dir("sigkill");
     let seconds = load_seconds() + 4;
     let load = tokio::spawn(run_loadgen(
         vec![server.url("")],
@@ -321,12 +320,14 @@ async fn server_killed_mid_load_then_restarted() {
             "--max-error-rate",
             "1",
         ],
-        scratch_dir("sigkill").join("report.json"),
+        scratch.path().join("report.json"),
     ));
-    tokio::time::sleep(Duration::from_secs(load_seconds().div_ceil(2))).await;
+    wait_for_load(&database.url, 200).await;
     server.kill(); // SIGKILL: no graceful anything
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let _restarted = ServerProcess::start(&database.url, port).await;
+    // The server stays down this long, so the load sees refused connections.
+    let downtime = Duration::from_secs(1);
+    tokio::time::sleep(downtime).await;
+    let _restarted = ServerProcess::start_on(&database.url, port).await;
 
     let (output, summary) = load.await.unwrap();
     assert_passed(&output, &summary);
