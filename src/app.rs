@@ -1,9 +1,8 @@
-//! Application state, router assembly, and serving with graceful shutdown.
+//! Router assembly, and serving with graceful shutdown. The state the handlers
+//! share is [`crate::state`].
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::ops::Deref;
-use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, Uri, header};
@@ -15,56 +14,10 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::Config;
-use crate::db::{DbPool, StatementCounter};
 use crate::error::ApiError;
-use crate::metrics::Metrics;
-use crate::middleware::{REQUEST_ID, RateLimiter, error_for};
+use crate::middleware::{REQUEST_ID, error_for};
+pub use crate::state::AppState;
 use crate::{graphql, openapi, rest};
-
-/// What every handler shares.
-pub struct App {
-    pub pool: DbPool,
-    /// Counts the statements `pool`'s connections send.
-    pub statements: StatementCounter,
-    pub metrics: Arc<Metrics>,
-    /// `None` when rate limiting is off (the default).
-    pub rate_limiter: Option<RateLimiter>,
-    pub config: Config,
-}
-
-/// Cheap to clone handle on [`App`], given to axum as state.
-#[derive(Clone)]
-pub struct AppState(Arc<App>);
-
-impl AppState {
-    pub fn new(pool: DbPool, statements: StatementCounter, config: Config) -> Self {
-        Self(Arc::new(App {
-            pool,
-            statements,
-            metrics: Arc::new(Metrics::default()),
-            rate_limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
-            config,
-        }))
-    }
-}
-
-impl AppState {
-    /// What an identify changed, into the metrics and the request's log line; both
-    /// adapters call this, so REST and GraphQL count alike.
-    pub fn record_identified(&self, identified: &crate::service::Identified) {
-        self.metrics
-            .observe_identify(identified.outcome, identified.merged_primaries);
-        tracing::Span::current().record("outcome", identified.outcome.as_str());
-    }
-}
-
-impl Deref for AppState {
-    type Target = App;
-
-    fn deref(&self) -> &App {
-        &self.0
-    }
-}
 
 /// Every route of the service, with the layers every request goes through.
 pub fn router(state: AppState) -> Router {

@@ -16,5 +16,6 @@ pub mod openapi;
 pub mod rest;
 pub mod server;
 pub mod service;
+pub mod state;
 pub mod strict_json;
 pub mod telemetry;

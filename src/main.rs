@@ -46,7 +46,9 @@ fn run(command: Command, mut config: Config) -> Result<ExitCode, String> {
         .map_err(|err| err.to_string())?;
     let result = runtime.block_on(run_async(command, config));
     drop(runtime);
-    if let Some(mut server) = embedded {
+    if let Some(mut server) = embedded
+        && server.owns_server()
+    {
         server.stop();
         tracing::info!("private PostgreSQL stopped");
     }
@@ -64,13 +66,22 @@ fn start_private_postgres(config: &Config) -> Result<EmbeddedPostgres, String> {
         port: None,
     })
     .map_err(|err| err.to_string())?;
-    tracing::info!(
-        data_dir = %server.data_dir().display(),
-        port = server.port(),
-        password_file = %db::embedded::password_file(server.data_dir()).display(),
-        "started private PostgreSQL on 127.0.0.1 (DATABASE_URL is not set); \
-         connecting needs the user postgres and the password in password_file"
-    );
+    if server.owns_server() {
+        tracing::info!(
+            data_dir = %server.data_dir().display(),
+            port = server.port(),
+            password_file = %db::embedded::password_file(server.data_dir()).display(),
+            "started private PostgreSQL on 127.0.0.1 (DATABASE_URL is not set); \
+             connecting needs the user postgres and the password in password_file"
+        );
+    } else {
+        tracing::info!(
+            data_dir = %server.data_dir().display(),
+            port = server.port(),
+            "using the private PostgreSQL that another process of this service runs on \
+             this data folder; it stops when that process stops"
+        );
+    }
     Ok(server)
 }
 

@@ -134,129 +134,172 @@ impl Metrics {
 
     /// The whole registry in Prometheus text format.
     pub fn render(&self, pool: &DbPool, statements: &StatementCounter) -> String {
-        let mut out = String::new();
+        let mut out = Exposition::default();
+        self.render_requests(&mut out);
+        self.render_identify(&mut out);
+        self.render_connections(&mut out);
+        render_pool(&mut out, pool, statements);
+        out.0
+    }
+
+    fn render_requests(&self, out: &mut Exposition) {
         let requests = self
             .requests
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-
-        out.push_str(
-            "# HELP http_requests_total HTTP requests answered, by route, method and status.\n",
+        out.family(
+            "http_requests_total",
+            "counter",
+            "HTTP requests answered, by route, method and status.",
         );
-        out.push_str("# TYPE http_requests_total counter\n");
         for (key, series) in requests.iter() {
-            let _ = writeln!(
-                out,
-                "http_requests_total{{{}}} {}",
-                labels(key),
-                series.count
-            );
+            out.sample("http_requests_total", &labels(key), series.count);
         }
-
-        out.push_str("# HELP http_request_duration_seconds Time to answer HTTP requests.\n");
-        out.push_str("# TYPE http_request_duration_seconds histogram\n");
+        out.family(
+            "http_request_duration_seconds",
+            "histogram",
+            "Time to answer HTTP requests.",
+        );
         for (key, series) in requests.iter() {
             let labels = labels(key);
             let mut cumulative = 0;
             for (bound, count) in LATENCY_BUCKETS.iter().zip(series.buckets.iter()) {
                 cumulative += count;
-                let _ = writeln!(
-                    out,
-                    "http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                out.sample(
+                    "http_request_duration_seconds_bucket",
+                    &format!("{labels},le=\"{bound}\""),
+                    cumulative,
                 );
             }
-            let _ = writeln!(
-                out,
-                "http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                series.count
+            out.sample(
+                "http_request_duration_seconds_bucket",
+                &format!("{labels},le=\"+Inf\""),
+                series.count,
             );
-            let _ = writeln!(
-                out,
-                "http_request_duration_seconds_sum{{{labels}}} {}",
-                series.sum_seconds
+            out.sample(
+                "http_request_duration_seconds_sum",
+                &labels,
+                series.sum_seconds,
             );
-            let _ = writeln!(
-                out,
-                "http_request_duration_seconds_count{{{labels}}} {}",
-                series.count
-            );
+            out.sample("http_request_duration_seconds_count", &labels, series.count);
         }
-        drop(requests);
+    }
 
-        out.push_str("# HELP identify_outcomes_total Identify calls by what they changed.\n");
-        out.push_str("# TYPE identify_outcomes_total counter\n");
+    fn render_identify(&self, out: &mut Exposition) {
+        out.family(
+            "identify_outcomes_total",
+            "counter",
+            "Identify calls by what they changed.",
+        );
         for (outcome, counter) in OUTCOMES.iter().zip(self.outcomes.iter()) {
-            let _ = writeln!(
-                out,
-                "identify_outcomes_total{{outcome=\"{}\"}} {}",
-                outcome.as_str(),
-                counter.load(Ordering::Relaxed)
+            out.sample(
+                "identify_outcomes_total",
+                &format!("outcome=\"{}\"", outcome.as_str()),
+                counter.load(Ordering::Relaxed),
             );
         }
-        out.push_str(
-            "# HELP identify_merged_primaries_total Primaries turned secondary by merges.\n",
+        out.family(
+            "identify_merged_primaries_total",
+            "counter",
+            "Primaries turned secondary by merges.",
         );
-        out.push_str("# TYPE identify_merged_primaries_total counter\n");
-        let _ = writeln!(
-            out,
-            "identify_merged_primaries_total {}",
-            self.merged_primaries.load(Ordering::Relaxed)
+        out.sample(
+            "identify_merged_primaries_total",
+            "",
+            self.merged_primaries.load(Ordering::Relaxed),
         );
-        out.push_str("# HELP http_rate_limited_total Requests refused by the rate limit.\n");
-        out.push_str("# TYPE http_rate_limited_total counter\n");
-        let _ = writeln!(
-            out,
-            "http_rate_limited_total {}",
-            self.rate_limited.load(Ordering::Relaxed)
+        out.family(
+            "http_rate_limited_total",
+            "counter",
+            "Requests refused by the rate limit.",
         );
+        out.sample(
+            "http_rate_limited_total",
+            "",
+            self.rate_limited.load(Ordering::Relaxed),
+        );
+    }
 
-        out.push_str("# HELP http_connections_open Client connections open now.\n");
-        out.push_str("# TYPE http_connections_open gauge\n");
-        let _ = writeln!(
-            out,
-            "http_connections_open {}",
-            self.connections_open.load(Ordering::Relaxed)
+    fn render_connections(&self, out: &mut Exposition) {
+        out.family(
+            "http_connections_open",
+            "gauge",
+            "Client connections open now.",
         );
-        out.push_str(
-            "# HELP http_connections_refused_total New connections closed at once: the cap was reached and every connection was busy.\n",
+        out.sample(
+            "http_connections_open",
+            "",
+            self.connections_open.load(Ordering::Relaxed),
         );
-        out.push_str("# TYPE http_connections_refused_total counter\n");
-        let _ = writeln!(
-            out,
-            "http_connections_refused_total {}",
-            self.connections_refused.load(Ordering::Relaxed)
+        out.family(
+            "http_connections_refused_total",
+            "counter",
+            "New connections closed at once: the cap was reached and every connection was busy.",
         );
-        out.push_str(
-            "# HELP http_connections_closed_total Connections the server closed, by reason.\n",
+        out.sample(
+            "http_connections_refused_total",
+            "",
+            self.connections_refused.load(Ordering::Relaxed),
         );
-        out.push_str("# TYPE http_connections_closed_total counter\n");
+        out.family(
+            "http_connections_closed_total",
+            "counter",
+            "Connections the server closed, by reason.",
+        );
         for (reason, counter) in CLOSE_REASONS.iter().zip(self.connections_closed.iter()) {
-            let _ = writeln!(
-                out,
-                "http_connections_closed_total{{reason=\"{reason}\"}} {}",
-                counter.load(Ordering::Relaxed)
+            out.sample(
+                "http_connections_closed_total",
+                &format!("reason=\"{reason}\""),
+                counter.load(Ordering::Relaxed),
             );
         }
+    }
+}
 
-        let status = pool.status();
-        let idle = status.available;
-        let in_use = status.size.saturating_sub(idle);
-        out.push_str("# HELP db_pool_connections Database connections of this process by state.\n");
-        out.push_str("# TYPE db_pool_connections gauge\n");
-        let _ = writeln!(out, "db_pool_connections{{state=\"in_use\"}} {in_use}");
-        let _ = writeln!(out, "db_pool_connections{{state=\"idle\"}} {idle}");
-        out.push_str("# HELP db_pool_max_connections Configured pool size.\n");
-        out.push_str("# TYPE db_pool_max_connections gauge\n");
-        let _ = writeln!(out, "db_pool_max_connections {}", status.max_size);
-        out.push_str("# HELP db_pool_waiting Requests waiting for a connection.\n");
-        out.push_str("# TYPE db_pool_waiting gauge\n");
-        let _ = writeln!(out, "db_pool_waiting {}", status.waiting);
-        out.push_str(
-            "# HELP db_statements_total SQL statements sent, transaction control included.\n",
-        );
-        out.push_str("# TYPE db_statements_total counter\n");
-        let _ = writeln!(out, "db_statements_total {}", statements.total());
-        out
+fn render_pool(out: &mut Exposition, pool: &DbPool, statements: &StatementCounter) {
+    let status = pool.status();
+    let idle = status.available;
+    let in_use = status.size.saturating_sub(idle);
+    out.family(
+        "db_pool_connections",
+        "gauge",
+        "Database connections of this process by state.",
+    );
+    out.sample("db_pool_connections", "state=\"in_use\"", in_use);
+    out.sample("db_pool_connections", "state=\"idle\"", idle);
+    out.family("db_pool_max_connections", "gauge", "Configured pool size.");
+    out.sample("db_pool_max_connections", "", status.max_size);
+    out.family(
+        "db_pool_waiting",
+        "gauge",
+        "Requests waiting for a connection.",
+    );
+    out.sample("db_pool_waiting", "", status.waiting);
+    out.family(
+        "db_statements_total",
+        "counter",
+        "SQL statements sent, transaction control included.",
+    );
+    out.sample("db_statements_total", "", statements.total());
+}
+
+/// The text exposition format, written a family at a time. Label values come from
+/// fixed sets or route patterns, never from a client, so none needs escaping.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        let _ = if labels.is_empty() {
+            writeln!(self.0, "{name} {value}")
+        } else {
+            writeln!(self.0, "{name}{{{labels}}} {value}")
+        };
     }
 }
 
@@ -270,6 +313,72 @@ fn labels(key: &RequestKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checks the text exposition format line by line: comments are HELP or TYPE,
+    /// a family's TYPE comes before its samples, every sample is `name{labels} value`
+    /// with a numeric value.
+    fn assert_valid_exposition(text: &str) {
+        let mut typed: Vec<String> = Vec::new();
+        for line in text.lines() {
+            if let Some(comment) = line.strip_prefix("# ") {
+                let mut words = comment.splitn(3, ' ');
+                let (keyword, name) = (words.next().unwrap(), words.next().unwrap());
+                assert!(matches!(keyword, "HELP" | "TYPE"), "{line}");
+                if keyword == "TYPE" {
+                    let kind = words.next().unwrap();
+                    assert!(matches!(kind, "counter" | "gauge" | "histogram"), "{line}");
+                    typed.push(name.to_owned());
+                }
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("name and value");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            let name = series.split('{').next().unwrap();
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{line}"
+            );
+            assert!(
+                typed.iter().any(|family| name.starts_with(family.as_str())),
+                "{line}: no TYPE before it"
+            );
+            if let Some(labels) = series.strip_prefix(name)
+                && !labels.is_empty()
+            {
+                let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}'));
+                let inner = inner.unwrap_or_else(|| panic!("{line}"));
+                for pair in inner.split("\",") {
+                    let (key, value) = pair.split_once("=\"").expect("key=\"value\"");
+                    assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                    assert!(!value.contains('\n') && !value.contains('\\'), "{line}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_exposition_is_valid_text_format() {
+        let metrics = Metrics::default();
+        metrics.observe_request("/identify", "POST", 200, Duration::from_millis(3));
+        metrics.observe_request(
+            "unmatched",
+            method_label("BREW"),
+            404,
+            Duration::from_millis(1),
+        );
+        metrics.observe_connection_opened();
+        metrics.observe_connection_closed("evicted");
+        let pool = crate::db::pool(
+            "postgres://nobody@127.0.0.1:9/none",
+            &crate::db::PoolSettings::default(),
+            StatementCounter::default(),
+        )
+        .unwrap();
+        let text = metrics.render(&pool, &StatementCounter::default());
+        assert_valid_exposition(&text);
+        assert!(text.contains("method=\"OTHER\""));
+        assert!(text.contains("le=\"+Inf\"} 1"));
+    }
 
     #[test]
     fn unknown_methods_share_one_label() {

@@ -105,29 +105,10 @@ impl EmbeddedPostgres {
         } else {
             None
         };
-        let password_file = password_file(&options.data_dir);
-        let password = if !options.data_dir.join("PG_VERSION").exists() {
-            let password = new_password()?;
-            initdb(
-                &bin_dir,
-                &options.data_dir,
-                run_as,
-                options.durable,
-                &password,
-            )?;
-            write_password_file(&password_file, &password)?;
-            password
-        } else {
-            match fs::read_to_string(&password_file) {
-                Ok(password) => password.trim().to_owned(),
-                Err(_) => {
-                    let password = new_password()?;
-                    set_password(&bin_dir, &options.data_dir, run_as, &password)?;
-                    write_password_file(&password_file, &password)?;
-                    password
-                }
-            }
-        };
+        if let Some(running) = Self::already_running(options)? {
+            return Ok(running);
+        }
+        let password = cluster_password(&bin_dir, options, run_as)?;
         write_hba(&options.data_dir, run_as)?;
 
         let mut last_error = String::new();
@@ -137,47 +118,16 @@ impl EmbeddedPostgres {
                 Some(port) => port,
                 None => free_port().map_err(io_context("could not find a free port"))?,
             };
-            let log = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&options.log_file)
-                .map_err(io_context(format!(
-                    "could not open {}",
-                    options.log_file.display()
-                )))?;
-            let log_for_stderr = log
-                .try_clone()
-                .map_err(io_context("could not clone log handle"))?;
-            let mut command = privileged_command(run_as, &bin_dir.join("postgres"), true);
-            command
-                .arg("-D")
-                .arg(&options.data_dir)
-                .args(["-p", &port.to_string()])
-                .args(["-c", "listen_addresses=127.0.0.1"])
-                .args(["-c", "unix_socket_directories="])
-                .args(["-c", "max_connections=300"]);
-            if !options.durable {
-                for setting in [
-                    "fsync=off",
-                    "synchronous_commit=off",
-                    "full_page_writes=off",
-                ] {
-                    command.args(["-c", setting]);
-                }
-            }
-            let child = command
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_for_stderr)
-                .spawn()
-                .map_err(io_context("could not start postgres"))?;
+            // Only what this start appends to the log is worth showing on failure.
+            let log_start = fs::metadata(&options.log_file).map_or(0, |meta| meta.len());
+            let child = spawn_postgres(&bin_dir, options, run_as, port)?;
             let mut server = Self {
                 child: Some(child),
                 port,
                 data_dir: options.data_dir.clone(),
                 password: password.clone(),
             };
-            match server.wait_until_ready(&bin_dir, &options.log_file) {
+            match server.wait_until_ready(&bin_dir, &options.log_file, log_start) {
                 Ok(()) => return Ok(server),
                 Err(err) => {
                     last_error = err;
@@ -189,6 +139,50 @@ impl EmbeddedPostgres {
             }
         }
         Err(EmbeddedError::Start(last_error))
+    }
+
+    /// The server another process of ours already runs on this cluster (a server
+    /// in one terminal, `check` in another), found through its `postmaster.pid`.
+    /// It is used as it is and left running; it stops with the process that owns it.
+    fn already_running(options: &EmbeddedOptions) -> Result<Option<Self>, EmbeddedError> {
+        let Ok(pid_file) = fs::read_to_string(options.data_dir.join("postmaster.pid")) else {
+            return Ok(None);
+        };
+        let lines: Vec<&str> = pid_file.lines().collect();
+        let (Some(pid), Some(port)) = (
+            lines.first().and_then(|pid| pid.trim().parse::<i32>().ok()),
+            lines
+                .get(3)
+                .and_then(|port| port.trim().parse::<u16>().ok()),
+        ) else {
+            return Ok(None);
+        };
+        // Signal 0 only asks whether the process exists; a stale file is left to
+        // PostgreSQL, which removes it on start.
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+            return Ok(None);
+        }
+        let password_file = password_file(&options.data_dir);
+        let password = fs::read_to_string(&password_file)
+            .map_err(io_context(format!(
+                "PostgreSQL (pid {pid}) already runs on {} but {} cannot be read",
+                options.data_dir.display(),
+                password_file.display()
+            )))?
+            .trim()
+            .to_owned();
+        Ok(Some(Self {
+            child: None,
+            port,
+            data_dir: options.data_dir.clone(),
+            password,
+        }))
+    }
+
+    /// Whether this handle started the server (and so stops it), or borrows one
+    /// that another process runs.
+    pub fn owns_server(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn port(&self) -> u16 {
@@ -208,14 +202,19 @@ impl EmbeddedPostgres {
         )
     }
 
-    fn wait_until_ready(&mut self, bin_dir: &Path, log_file: &Path) -> Result<(), String> {
+    fn wait_until_ready(
+        &mut self,
+        bin_dir: &Path,
+        log_file: &Path,
+        log_start: u64,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let child = self.child.as_mut().expect("server is running");
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!(
-                    "postgres exited ({status}); log:\n{}",
-                    log_tail(log_file)
+                    "postgres exited ({status}); its log:\n{}",
+                    log_since(log_file, log_start)
                 ));
             }
             let ready = Command::new(bin_dir.join("pg_isready"))
@@ -236,9 +235,9 @@ impl EmbeddedPostgres {
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "not accepting connections after {}s; log:\n{}",
+                    "not accepting connections after {}s; its log:\n{}",
                     STARTUP_TIMEOUT.as_secs(),
-                    log_tail(log_file)
+                    log_since(log_file, log_start)
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -265,6 +264,78 @@ impl EmbeddedPostgres {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// The superuser's password: made with a new cluster, read from its file, or, for a
+/// cluster an older build made without one, made and set now.
+fn cluster_password(
+    bin_dir: &Path,
+    options: &EmbeddedOptions,
+    run_as: Option<RunAs>,
+) -> Result<String, EmbeddedError> {
+    let password_file = password_file(&options.data_dir);
+    if !options.data_dir.join("PG_VERSION").exists() {
+        let password = new_password()?;
+        initdb(
+            bin_dir,
+            &options.data_dir,
+            run_as,
+            options.durable,
+            &password,
+        )?;
+        write_password_file(&password_file, &password)?;
+        return Ok(password);
+    }
+    if let Ok(password) = fs::read_to_string(&password_file) {
+        return Ok(password.trim().to_owned());
+    }
+    let password = new_password()?;
+    set_password(bin_dir, &options.data_dir, run_as, &password)?;
+    write_password_file(&password_file, &password)?;
+    Ok(password)
+}
+
+/// Starts `postgres` on `port`, loopback only, logging to the options' log file.
+fn spawn_postgres(
+    bin_dir: &Path,
+    options: &EmbeddedOptions,
+    run_as: Option<RunAs>,
+    port: u16,
+) -> Result<Child, EmbeddedError> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&options.log_file)
+        .map_err(io_context(format!(
+            "could not open {}",
+            options.log_file.display()
+        )))?;
+    let log_for_stderr = log
+        .try_clone()
+        .map_err(io_context("could not clone log handle"))?;
+    let mut command = privileged_command(run_as, &bin_dir.join("postgres"), true);
+    command
+        .arg("-D")
+        .arg(&options.data_dir)
+        .args(["-p", &port.to_string()])
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .args(["-c", "unix_socket_directories="])
+        .args(["-c", "max_connections=300"]);
+    if !options.durable {
+        for setting in [
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+        ] {
+            command.args(["-c", setting]);
+        }
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_for_stderr)
+        .spawn()
+        .map_err(io_context("could not start postgres"))
 }
 
 impl Drop for EmbeddedPostgres {
@@ -521,9 +592,13 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn log_tail(log_file: &Path) -> String {
+/// What `log_file` gained after `start` bytes: this start's lines, not the
+/// history of every run before it (the last 20 lines of them at most).
+fn log_since(log_file: &Path, start: u64) -> String {
+    use std::io::{Seek, SeekFrom};
     let mut text = String::new();
     if let Ok(mut file) = fs::File::open(log_file) {
+        let _ = file.seek(SeekFrom::Start(start));
         let _ = file.read_to_string(&mut text);
     }
     let lines: Vec<&str> = text.lines().collect();

@@ -73,23 +73,79 @@ impl<M: StaticSql, B: Binds> Prepared<M, B> {
 
 impl<M: StaticSql, B: Binds> QueryFragment<Pg> for Prepared<M, B> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let mut rest = M::SQL;
-        while let Some(dollar) = rest.find('$') {
-            let digits = rest[dollar + 1..]
-                .bytes()
-                .take_while(u8::is_ascii_digit)
-                .count();
-            out.push_sql(&rest[..dollar]);
-            match rest[dollar + 1..dollar + 1 + digits].parse::<usize>() {
-                // Each occurrence becomes a bind of its own, numbered by diesel.
-                Ok(number) if number > 0 => self.binds.push(number - 1, &mut out)?,
-                _ => out.push_sql(&rest[dollar..dollar + 1 + digits]),
-            }
-            rest = &rest[dollar + 1 + digits..];
+        let sql = M::SQL;
+        let mut copied = 0;
+        for (at, number) in placeholders(sql) {
+            out.push_sql(&sql[copied..at.start]);
+            // Each occurrence becomes a bind of its own, numbered by diesel.
+            self.binds.push(number - 1, &mut out)?;
+            copied = at.end;
         }
-        out.push_sql(rest);
+        out.push_sql(&sql[copied..]);
         Ok(())
     }
+}
+
+/// Where `$n` placeholders are in `sql`, with their numbers. A `$` inside a string
+/// literal, a quoted identifier, a comment or a dollar-quoted string is text, not a
+/// placeholder.
+fn placeholders(sql: &str) -> Vec<(std::ops::Range<usize>, usize)> {
+    let bytes = sql.as_bytes();
+    let end_of = |from: usize, pattern: &str| {
+        sql[from..]
+            .find(pattern)
+            .map_or(sql.len(), |at| from + at + pattern.len())
+    };
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            quote @ (b'\'' | b'"') => {
+                // A doubled quote is an escaped one, inside the literal.
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == quote {
+                        if bytes.get(i + 1) == Some(&quote) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => i = end_of(i, "\n"),
+            b'/' if bytes.get(i + 1) == Some(&b'*') => i = end_of(i + 2, "*/"),
+            b'$' => {
+                let digits = bytes[i + 1..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                if digits > 0 {
+                    let number = sql[i + 1..i + 1 + digits].parse().unwrap_or(0);
+                    if number > 0 {
+                        found.push((i..i + 1 + digits, number));
+                    }
+                    i += 1 + digits;
+                    continue;
+                }
+                // `$$` or `$tag$` opens a dollar-quoted string, closed by the same tag.
+                let tag_len = bytes[i + 1..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                    .count();
+                if bytes.get(i + 1 + tag_len) == Some(&b'$') {
+                    let tag = &sql[i..i + 2 + tag_len];
+                    i = end_of(i + tag.len(), tag);
+                } else {
+                    i += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    found
 }
 
 impl<M: StaticSql, B> QueryId for Prepared<M, B> {
@@ -121,6 +177,18 @@ mod tests {
     use super::*;
 
     static_sql!(Example = "SELECT $1::text, $2 + 1, '$' AS dollar, $1");
+
+    #[test]
+    fn dollars_in_literals_comments_and_dollar_quotes_are_text() {
+        let sql = "SELECT '$1', 'it''s $2', \"$3\", $1 -- $4\n/* $5 */ $$ $6 $$, $q$ $7 $q$, $2";
+        let numbers: Vec<usize> = placeholders(sql).into_iter().map(|(_, n)| n).collect();
+        assert_eq!(numbers, [1, 2]);
+        let ranges: Vec<&str> = placeholders(sql)
+            .into_iter()
+            .map(|(range, _)| &sql[range])
+            .collect();
+        assert_eq!(ranges, ["$1", "$2"]);
+    }
 
     #[test]
     fn placeholders_become_binds_in_order() {

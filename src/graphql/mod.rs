@@ -11,8 +11,6 @@ mod mutation;
 mod query;
 mod types;
 
-use std::time::Instant;
-
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use async_graphql::{EmptySubscription, Schema, SchemaBuilder, ServerError};
 use axum::body::Bytes;
@@ -29,9 +27,9 @@ pub use loaders::{ContactLoader, MembersLoader};
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::middleware::{RateLimitClient, rate_limited};
+use crate::state::AppState;
 use crate::strict_json;
 
 pub type AppSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
@@ -97,30 +95,76 @@ async fn execute(
         .data::<AppState>()
         .expect("schema carries the app state")
         .clone();
-    if !is_graphql_json(&headers) {
-        return ApiError::UnsupportedMediaType.into_graphql_response();
+    let request = match read_request(&state, &headers, body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_graphql_response(),
+    };
+    let checked = match check_document(&state, request) {
+        Ok(checked) => checked,
+        Err(errors) => return refused(errors),
+    };
+    if let Some(response) = charge_rate_limit(&state, client, checked.summary.identify_count) {
+        return response;
     }
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return ApiError::PayloadTooLarge {
+
+    // Loaders cache per request, so a fresh pair for each: `Contact.identity` and
+    // `Identity.contacts` then share one fetch of the members.
+    let request = checked
+        .request
+        .data(loader(ContactLoader::new(state.pool.clone())))
+        .data(loader(MembersLoader::new(state.pool.clone())));
+    let mut response = schema.execute(request).await;
+    error::log_failures(&response.errors);
+    error::code_uncoded(&mut response.errors);
+    limits::cap_errors(&mut response.errors);
+    response.data = complete::complete(
+        std::mem::take(&mut response.data),
+        &checked.document,
+        checked.operation_name.as_deref(),
+        &checked.variables,
+    );
+    answer(&state, &response)
+}
+
+/// The request, if it is one this server executes: JSON, within the body limit,
+/// one operation.
+fn read_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<async_graphql::Request, ApiError> {
+    if !is_graphql_json(headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
                 limit: state.config.graphql_body_limit_bytes,
             }
-            .into_graphql_response();
-        }
-        Err(rejection) => {
-            return ApiError::BadRequest(format!(
+        } else {
+            ApiError::BadRequest(format!(
                 "could not read the request body: {}",
                 rejection.body_text()
             ))
-            .into_graphql_response();
         }
-    };
-    let mut request = match parse_request(&body) {
-        Ok(request) => request,
-        Err(err) => return err.into_graphql_response(),
-    };
+    })?;
+    parse_request(&body)
+}
 
+/// A request whose document parsed and passed [`limits::check`], with what the
+/// answer's completion needs once the request itself has been handed over.
+struct CheckedRequest {
+    request: async_graphql::Request,
+    summary: limits::DocumentSummary,
+    document: async_graphql::parser::types::ExecutableDocument,
+    operation_name: Option<String>,
+    variables: async_graphql::Variables,
+}
+
+fn check_document(
+    state: &AppState,
+    mut request: async_graphql::Request,
+) -> Result<CheckedRequest, Vec<ServerError>> {
     let limits = limits::DocumentLimits {
         max_fields: state.config.graphql_max_fields,
         max_aliases: state.config.graphql_max_aliases,
@@ -128,37 +172,23 @@ async fn execute(
     };
     let variables = request.variables.clone();
     let operation_name = request.operation_name.clone();
-    let checked = match request.parsed_query() {
-        Ok(document) => {
-            limits::check(document, &variables, &limits).map(|summary| (summary, document.clone()))
-        }
-        Err(err) => Err(vec![coded(err, ErrorCode::GraphqlParseFailed)]),
-    };
-    let (summary, document) = match checked {
-        Ok(checked) => checked,
-        Err(errors) => return refused(errors),
-    };
-    if let Some(response) = charge_rate_limit(&state, client, summary.identify_count) {
-        return response;
-    }
+    let document = request
+        .parsed_query()
+        .map_err(|err| vec![coded(err, ErrorCode::GraphqlParseFailed)])?;
+    let summary = limits::check(document, &variables, &limits)?;
+    let document = document.clone();
+    Ok(CheckedRequest {
+        request,
+        summary,
+        document,
+        operation_name,
+        variables,
+    })
+}
 
-    // Loaders cache per request, so a fresh pair for each: `Contact.identity` and
-    // `Identity.contacts` then share one fetch of the members.
-    let request = request
-        .data(loader(ContactLoader::new(state.pool.clone())))
-        .data(loader(MembersLoader::new(state.pool.clone())));
-    let started = Instant::now();
-    let mut response = schema.execute(request).await;
-    error::log_failures(&response.errors);
-    error::code_uncoded(&mut response.errors);
-    limits::cap_errors(&mut response.errors);
-    response.data = complete::complete(
-        std::mem::take(&mut response.data),
-        &document,
-        operation_name.as_deref(),
-        &variables,
-    );
-    let body = match serde_json::to_vec(&response) {
+/// The answer as JSON, or an error in its place when it is over the size limit.
+fn answer(state: &AppState, response: &async_graphql::Response) -> Response {
+    let body = match serde_json::to_vec(response) {
         Ok(body) => body,
         Err(err) => {
             tracing::error!(error = %err, "could not serialise a GraphQL answer");
@@ -166,29 +196,28 @@ async fn execute(
         }
     };
     let max = state.config.graphql_max_response_bytes;
-    if body.len() > max {
-        tracing::warn!(
-            bytes = body.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "GraphQL answer over the response cap; replaced by an error"
-        );
-        return json_response(
-            StatusCode::OK,
-            serde_json::to_vec(&serde_json::json!({
-                "data": null,
-                "errors": [{
-                    "message": format!(
-                        "the answer would be {} bytes, over the limit of {max}; ask for \
-                         fewer fields or smaller pages",
-                        body.len()
-                    ),
-                    "extensions": {"code": "RESPONSE_TOO_LARGE"},
-                }],
-            }))
-            .unwrap_or_default(),
-        );
+    if body.len() <= max {
+        return json_response(StatusCode::OK, body);
     }
-    json_response(StatusCode::OK, body)
+    tracing::warn!(
+        bytes = body.len(),
+        "GraphQL answer over the response cap; replaced by an error"
+    );
+    let error = serde_json::json!({
+        "data": null,
+        "errors": [{
+            "message": format!(
+                "the answer would be {} bytes, over the limit of {max}; ask for fewer \
+                 fields or smaller pages",
+                body.len()
+            ),
+            "extensions": {"code": "RESPONSE_TOO_LARGE"},
+        }],
+    });
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&error).unwrap_or_default(),
+    )
 }
 
 /// Parses the JSON envelope: one object with `query`, and optionally
@@ -242,7 +271,7 @@ fn charge_rate_limit(
             limiter.burst()
         ))]));
     }
-    match limiter.check(client, extra, Instant::now()) {
+    match limiter.check(client, extra) {
         Ok(()) => None,
         Err(retry_after) => {
             state.metrics.observe_rate_limited();

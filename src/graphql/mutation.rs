@@ -3,9 +3,9 @@
 use async_graphql::{Context, InputObject, Object, Result};
 
 use super::types::IdentityNode;
-use crate::app::AppState;
 use crate::domain::IdentifyRequest;
 use crate::service;
+use crate::state::AppState;
 
 pub struct MutationRoot;
 

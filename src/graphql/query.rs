@@ -9,11 +9,11 @@ use async_graphql::{Context, InputObject, Object, Result};
 use super::limits::{LOOKUP_COST, Page, page_size};
 use super::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
 use super::types::{ContactNode, IdentityNode, LinkPrecedence};
-use crate::app::AppState;
 use crate::db::DbError;
 use crate::db::contacts::{self, ContactFilter};
 use crate::domain::{Contact, Email, IdentifyRequest, Phone};
 use crate::service;
+use crate::state::AppState;
 
 pub struct QueryRoot;
 

@@ -5,8 +5,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::db;
+use crate::state::AppState;
 
 /// Alive: the process answers HTTP. Says nothing about the database.
 #[utoipa::path(get, path = "/healthz", tag = "operations",

@@ -10,9 +10,9 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
 use crate::domain::{Email, Field, IdentifyRequest, Identity, InputError, Phone};
 use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
 use crate::{service, strict_json};
 
 /// The request body, as documented; parsing is done by hand in [`parse_body`] so

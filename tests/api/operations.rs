@@ -443,3 +443,33 @@ async fn servers_starting_together_migrate_once() {
         .collect();
     assert_eq!(applied.iter().sum::<usize>(), 1, "{applied:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_one_data_folder_uses_the_running_postgres() {
+    use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+    let root = tempfile::tempdir().unwrap();
+    let options = EmbeddedOptions {
+        data_dir: root.path().join("postgres"),
+        log_file: root.path().join("postgres.log"),
+        durable: false,
+        bin_dir: None,
+        port: None,
+    };
+    let running = crate::helpers::PostgresThread::start(options.clone());
+    // What `check` or `migrate` in a second terminal does: no lock-file error, the
+    // running server, found through its postmaster.pid.
+    let second = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&options))
+        .await
+        .unwrap()
+        .expect("the running server is used");
+    assert!(!second.owns_server());
+    assert_eq!(second.port(), running.port);
+    let url = second.url("postgres");
+    drop(second); // borrowed: dropping it must not stop the server
+    let (_client, _connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("still running, and the password is the same");
+    tokio::task::spawn_blocking(move || running.stop())
+        .await
+        .unwrap();
+}

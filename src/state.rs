@@ -1,0 +1,57 @@
+//! What every handler shares: the pool, the metrics, the rate limiter and the
+//! configuration, behind one cheap-to-clone [`AppState`] (axum's state; the
+//! GraphQL schema gets it through `.data()`).
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::db::{DbPool, StatementCounter};
+use crate::metrics::Metrics;
+use crate::middleware::RateLimiter;
+use crate::service::Identified;
+
+/// What every handler shares.
+pub struct App {
+    pub pool: DbPool,
+    /// Counts the statements `pool`'s connections send.
+    pub statements: StatementCounter,
+    pub metrics: Arc<Metrics>,
+    /// `None` when rate limiting is off (the default).
+    pub rate_limiter: Option<RateLimiter>,
+    pub config: Config,
+}
+
+/// Cheap to clone handle on [`App`], given to axum as state.
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+impl AppState {
+    pub fn new(pool: DbPool, statements: StatementCounter, config: Config) -> Self {
+        Self(Arc::new(App {
+            pool,
+            statements,
+            metrics: Arc::new(Metrics::default()),
+            rate_limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
+            config,
+        }))
+    }
+}
+
+impl AppState {
+    /// What an identify changed, into the metrics and the request's log line; both
+    /// adapters call this, so REST and GraphQL count alike.
+    pub fn record_identified(&self, identified: &Identified) {
+        self.metrics
+            .observe_identify(identified.outcome, identified.merged_primaries);
+        tracing::Span::current().record("outcome", identified.outcome.as_str());
+    }
+}
+
+impl Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
