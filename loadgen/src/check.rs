@@ -272,38 +272,120 @@ async fn fetch<T: ToSql + Sync>(
 
 /// Runs every check over the loaded rows.
 fn evaluate(run_id: RunId, mut log: ModelLog, loaded: Loaded) -> ModelCheck {
-    let Loaded { rows, soft_deleted } = loaded;
-    let mut by_id: Vec<&Row> = rows.values().collect();
-    // Sorted, so that examples come out the same from one check to the next.
-    by_id.sort_by_key(|row| row.id);
+    let index = RowIndex::new(run_id, &loaded.rows);
+    let i1 = check_links(&index);
+    let i2 = check_primaries_are_oldest(&index);
+    let i3 = check_values_unshared(run_id, &index);
+    let mut acknowledged_model = model_of(&log.acknowledged);
+    let together = check_acknowledged_together(run_id, &index, &mut acknowledged_model);
+    let mut sent_model = model_of(&log.sent);
+    let linked = check_identities_linked(run_id, &index, &mut sent_model);
+    let kept = check_answered_contacts_kept(&index, &log.answers, &loaded.soft_deleted);
+    let answered = check_answers_together(run_id, &index, &mut log.answers);
+    let present = check_acknowledged_values_present(run_id, &index, &log.answers);
+    let inserted = check_rows_from_requests(run_id, &index, &log.sent);
 
-    let mut identities: BTreeMap<i32, Vec<&Row>> = BTreeMap::new();
-    let mut holders: HashMap<Node, BTreeSet<i32>> = HashMap::new();
-    let mut foreign: BTreeMap<i32, Vec<String>> = BTreeMap::new();
-    for &row in &by_id {
-        identities.entry(row.identity()).or_default().push(row);
-        for value in row.values(run_id) {
-            match value {
-                Ok(node) => {
-                    holders.entry(node).or_default().insert(row.identity());
+    let bounded = together.passed() && linked.passed() && present.passed();
+    let partition = if !bounded {
+        Partition::Differs
+    } else if same_partition(&mut acknowledged_model, &mut sent_model) {
+        Partition::Equal
+    } else {
+        Partition::Between
+    };
+    let checks = vec![
+        i1, i2, i3, together, linked, kept, answered, present, inserted,
+    ];
+    ModelCheck {
+        passed: checks.iter().all(Check::passed),
+        contacts: index.rows.len(),
+        identities: index.identities.len(),
+        partition,
+        checks,
+    }
+}
+
+/// The loaded rows, arranged the ways the checks look them up.
+struct RowIndex<'a> {
+    rows: &'a HashMap<i32, Row>,
+    /// Sorted, so that examples come out the same from one check to the next.
+    by_id: Vec<&'a Row>,
+    /// Each identity's rows, by the id its links name.
+    identities: BTreeMap<i32, Vec<&'a Row>>,
+    /// The identities holding each value of this run.
+    holders: HashMap<Node, BTreeSet<i32>>,
+    /// Values this run never generates, by the identity holding them.
+    foreign: BTreeMap<i32, Vec<String>>,
+}
+
+impl<'a> RowIndex<'a> {
+    /// Indexes `rows` by id, by identity and by the values they hold.
+    fn new(run_id: RunId, rows: &'a HashMap<i32, Row>) -> Self {
+        let mut by_id: Vec<&Row> = rows.values().collect();
+        by_id.sort_by_key(|row| row.id);
+        let mut identities: BTreeMap<i32, Vec<&Row>> = BTreeMap::new();
+        let mut holders: HashMap<Node, BTreeSet<i32>> = HashMap::new();
+        let mut foreign: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+        for &row in &by_id {
+            identities.entry(row.identity()).or_default().push(row);
+            for value in row.values(run_id) {
+                match value {
+                    Ok(node) => {
+                        holders.entry(node).or_default().insert(row.identity());
+                    }
+                    Err(value) => foreign.entry(row.identity()).or_default().push(value),
                 }
-                Err(value) => foreign.entry(row.identity()).or_default().push(value),
             }
         }
-    }
-    let identities_of = |node: &Node| -> BTreeSet<i32> {
-        match node {
-            Node::Contact(id) => rows.get(id).map(Row::identity).into_iter().collect(),
-            value => holders.get(value).cloned().unwrap_or_default(),
+        Self {
+            rows,
+            by_id,
+            identities,
+            holders,
+            foreign,
         }
-    };
+    }
 
+    /// The identities `node` sits in now: a live contact's own, or every holder of a value.
+    fn identities_of(&self, node: &Node) -> BTreeSet<i32> {
+        match node {
+            Node::Contact(id) => self.rows.get(id).map(Row::identity).into_iter().collect(),
+            value => self.holders.get(value).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// The sets of `model`, sorted, each with the identities its nodes sit in now.
+    fn sets_with_identities(&self, model: &mut UnionFind<Node>) -> Vec<(Vec<Node>, BTreeSet<i32>)> {
+        sorted_sets(model)
+            .into_iter()
+            .map(|set| {
+                let ids = set
+                    .iter()
+                    .flat_map(|node| self.identities_of(node))
+                    .collect();
+                (set, ids)
+            })
+            .collect()
+    }
+}
+
+/// The partition that joining each of `requests` makes.
+fn model_of(requests: &HashSet<Request>) -> UnionFind<Node> {
+    let mut model = UnionFind::default();
+    for &request in requests {
+        model.join(request_nodes(request));
+    }
+    model
+}
+
+/// I1: flags links to contacts that are gone or are secondaries themselves.
+fn check_links(index: &RowIndex) -> Check {
     let mut i1 = Check::new("I1 every secondary links to a live primary");
-    for row in &by_id {
+    for row in &index.by_id {
         let Some(target) = row.linked_id else {
             continue;
         };
-        match rows.get(&target) {
+        match index.rows.get(&target) {
             None => i1.violation(|| {
                 format!(
                     "contact {} links to {target}, which is not a live contact",
@@ -320,11 +402,15 @@ fn evaluate(run_id: RunId, mut log: ModelLog, loaded: Loaded) -> ModelCheck {
             Some(_) => {}
         }
     }
+    i1
+}
 
+/// I2: flags identities with a member older than their primary.
+fn check_primaries_are_oldest(index: &RowIndex) -> Check {
     let mut i2 = Check::new("I2 each primary is its identity's oldest contact");
-    for (primary, members) in &identities {
+    for (primary, members) in &index.identities {
         let (Some(primary), Some(oldest)) = (
-            rows.get(primary),
+            index.rows.get(primary),
             members.iter().min_by_key(|row| (row.created_at, row.id)),
         ) else {
             continue;
@@ -338,22 +424,32 @@ fn evaluate(run_id: RunId, mut log: ModelLog, loaded: Loaded) -> ModelCheck {
             });
         }
     }
+    i2
+}
 
+/// I3: flags values held by more than one identity.
+fn check_values_unshared(run_id: RunId, index: &RowIndex) -> Check {
     let mut i3 = Check::new("I3 no email or phone is in two identities");
-    let mut shared: Vec<(&Node, &BTreeSet<i32>)> =
-        holders.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    let mut shared: Vec<(&Node, &BTreeSet<i32>)> = index
+        .holders
+        .iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .collect();
     shared.sort();
     for (node, ids) in shared {
         i3.violation(|| format!("{} is in identities {}", node.show(run_id), list(ids)));
     }
+    i3
+}
 
-    let mut acknowledged_model = UnionFind::default();
-    for &request in &log.acknowledged {
-        acknowledged_model.join(request_nodes(request));
-    }
+/// The lower bound: flags values acknowledged together that now sit apart.
+fn check_acknowledged_together(
+    run_id: RunId,
+    index: &RowIndex,
+    acknowledged_model: &mut UnionFind<Node>,
+) -> Check {
     let mut together = Check::new("values acknowledged together share one identity");
-    for set in sorted_sets(&mut acknowledged_model) {
-        let ids: BTreeSet<i32> = set.iter().flat_map(&identities_of).collect();
+    for (set, ids) in index.sets_with_identities(acknowledged_model) {
         if ids.len() > 1 {
             together.violation(|| {
                 format!(
@@ -364,14 +460,19 @@ fn evaluate(run_id: RunId, mut log: ModelLog, loaded: Loaded) -> ModelCheck {
             });
         }
     }
+    together
+}
 
-    let mut sent_model = UnionFind::default();
-    for &request in &log.sent {
-        sent_model.join(request_nodes(request));
-    }
+/// The upper bound: flags identities that hold values never sent, or join values
+/// that no chain of sent requests linked.
+fn check_identities_linked(
+    run_id: RunId,
+    index: &RowIndex,
+    sent_model: &mut UnionFind<Node>,
+) -> Check {
     let mut linked = Check::new("each identity joins only values that requests linked");
-    for (identity, members) in &identities {
-        let mut unsent = foreign.get(identity).cloned().unwrap_or_default();
+    for (identity, members) in &index.identities {
+        let mut unsent = index.foreign.get(identity).cloned().unwrap_or_default();
         let mut sets: BTreeMap<usize, Node> = BTreeMap::new();
         for node in members
             .iter()
@@ -402,10 +503,17 @@ fn evaluate(run_id: RunId, mut log: ModelLog, loaded: Loaded) -> ModelCheck {
             });
         }
     }
+    linked
+}
 
+/// Flags contacts that answers named but that are no longer live.
+fn check_answered_contacts_kept(
+    index: &RowIndex,
+    answers: &UnionFind<Node>,
+    soft_deleted: &HashSet<i32>,
+) -> Check {
     let mut kept = Check::new("every contact an answer named still exists");
-    let answered_ids: BTreeSet<i32> = log
-        .answers
+    let answered_ids: BTreeSet<i32> = answers
         .items()
         .iter()
         .filter_map(|node| match node {
@@ -413,7 +521,10 @@ fn evaluate(run_id: RunId, mut log: ModelLog, loaded: Loaded) -> ModelCheck {
             _ => None,
         })
         .collect();
-    for id in answered_ids.into_iter().filter(|id| !rows.contains_key(id)) {
+    for id in answered_ids
+        .into_iter()
+        .filter(|id| !index.rows.contains_key(id))
+    {
         let state = if soft_deleted.contains(&id) {
             "soft-deleted"
         } else {
@@ -421,10 +532,13 @@ fn evaluate(run_id: RunId, mut log: ModelLog, loaded: Loaded) -> ModelCheck {
         };
         kept.violation(|| format!("contact {id} was in an answer but is {state}"));
     }
+    kept
+}
 
+/// Flags contacts and values that answers tied together but that now sit apart.
+fn check_answers_together(run_id: RunId, index: &RowIndex, answers: &mut UnionFind<Node>) -> Check {
     let mut answered = Check::new("each answer's contacts and values stay in one identity");
-    for set in sorted_sets(&mut log.answers) {
-        let ids: BTreeSet<i32> = set.iter().flat_map(&identities_of).collect();
+    for (set, ids) in index.sets_with_identities(answers) {
         if ids.len() > 1 {
             answered.violation(|| {
                 format!(
@@ -435,15 +549,22 @@ fn evaluate(run_id: RunId, mut log: ModelLog, loaded: Loaded) -> ModelCheck {
             });
         }
     }
+    answered
+}
 
+/// Flags acknowledged values that no live contact holds.
+fn check_acknowledged_values_present(
+    run_id: RunId,
+    index: &RowIndex,
+    answers: &UnionFind<Node>,
+) -> Check {
     // The answers' values include every acknowledged request's values.
     let mut present = Check::new("every acknowledged email and phone exists");
-    let mut acknowledged_values: Vec<Node> = log
-        .answers
+    let mut acknowledged_values: Vec<Node> = answers
         .items()
         .iter()
         .copied()
-        .filter(|node| !matches!(node, Node::Contact(_)) && !holders.contains_key(node))
+        .filter(|node| !matches!(node, Node::Contact(_)) && !index.holders.contains_key(node))
         .collect();
     acknowledged_values.sort();
     for node in acknowledged_values {
@@ -454,17 +575,21 @@ fn evaluate(run_id: RunId, mut log: ModelLog, loaded: Loaded) -> ModelCheck {
             )
         });
     }
+    present
+}
 
+/// Flags rows whose values no request sent together, and rows repeating another's.
+fn check_rows_from_requests(run_id: RunId, index: &RowIndex, sent: &HashSet<Request>) -> Check {
     // A row is inserted with one request's values, and only while the identity lacks
     // one of them: so each row matches a request, and no two rows the same one.
     let mut inserted = Check::new("each contact holds one sent request's values, no two the same");
     let mut first_holder: HashMap<Request, i32> = HashMap::new();
-    for row in &by_id {
+    for row in &index.by_id {
         // Rows with values from elsewhere are reported by the identity check.
         let Some(request) = row.as_request(run_id) else {
             continue;
         };
-        if !log.sent.contains(&request) {
+        if !sent.contains(&request) {
             inserted.violation(|| {
                 let values: Vec<String> = request_nodes(request).map(|n| n.show(run_id)).collect();
                 format!(
@@ -483,25 +608,7 @@ fn evaluate(run_id: RunId, mut log: ModelLog, loaded: Loaded) -> ModelCheck {
             });
         }
     }
-
-    let bounded = together.passed() && linked.passed() && present.passed();
-    let partition = if !bounded {
-        Partition::Differs
-    } else if same_partition(&mut acknowledged_model, &mut sent_model) {
-        Partition::Equal
-    } else {
-        Partition::Between
-    };
-    let checks = vec![
-        i1, i2, i3, together, linked, kept, answered, present, inserted,
-    ];
-    ModelCheck {
-        passed: checks.iter().all(Check::passed),
-        contacts: rows.len(),
-        identities: identities.len(),
-        partition,
-        checks,
-    }
+    inserted
 }
 
 /// Whether two models are one partition. Every acknowledged request was also sent,

@@ -18,16 +18,18 @@ mod workload;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use hyper::Uri;
+use tokio::sync::mpsc;
 
 use crate::check::CheckError;
 use crate::client::{Api, IdentifyClient};
+use crate::model::ModelLog;
 use crate::report::{Facts, ModelCheckReport, Summary, Verdict};
-use crate::run::Plan;
+use crate::run::{Outcome, Plan};
 use crate::workload::{Mix, RunId, Workload};
 
 /// Exit statuses, as `--help` documents them.
@@ -248,55 +250,16 @@ fn exit_status(verdict: Verdict) -> u8 {
 /// The whole run; `Err` is a setup failure, reported before any load is sent or
 /// after the summary when it cannot be written.
 async fn run(args: Args) -> Result<Verdict, String> {
-    let run_id = match args.run_id {
-        Some(id) => {
-            RunId::new(id).ok_or_else(|| format!("--run-id {id} has more than six digits"))?
-        }
-        None => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| since.as_nanos() as u64);
-            RunId::derive(args.seed, now)
-        }
-    };
-    let endpoints = args
-        .urls
-        .iter()
-        .map(|url| client::endpoint(url, args.api))
-        .collect::<Result<Vec<_>, _>>()?;
+    let Setup {
+        run_id,
+        endpoints,
+        json_file,
+    } = prepare(&args).await?;
     let connections = args.connections as usize;
     let keys = args.keys as usize;
-    let duration = match (args.duration, args.requests) {
-        (None, None) => Some(DEFAULT_DURATION),
-        (duration, _) => duration,
-    };
-
-    // Opened now: a path that cannot be written should fail before the load, not after.
-    let json_file = match &args.json {
-        Some(path) => Some(
-            File::create(path).map_err(|err| format!("cannot create {}: {err}", path.display()))?,
-        ),
-        None => None,
-    };
-    if let Some(url) = &args.database_url {
-        check::preflight(url, run_id)
-            .await
-            .map_err(|err| format!("before the load: {err}"))?;
-    }
-
-    let limits: Vec<String> = duration
-        .map(|duration| format!("{:.1} s", duration.as_secs_f64()))
-        .into_iter()
-        .chain(args.requests.map(|requests| format!("{requests} requests")))
-        .collect();
+    let duration = duration_limit(&args);
     let targets: Vec<String> = endpoints.iter().map(Uri::to_string).collect();
-    eprintln!(
-        "loadgen: run {run_id}, seed {}, {connections} connections to {}, mix {}, {keys} keys, for {}",
-        args.seed,
-        targets.join(" "),
-        args.mix,
-        limits.join(" or "),
-    );
+    announce(&args, run_id, &targets, duration);
 
     let client = IdentifyClient::new(
         args.api,
@@ -318,30 +281,131 @@ async fn run(args: Args) -> Result<Verdict, String> {
     let mut outcome = run::load(plan, client, Workload::new(args.mix, keys), &mut interrupts).await;
 
     let model_check = match (&args.database_url, outcome.tally.model.take()) {
-        (Some(url), Some(log)) => {
-            eprintln!("loadgen: checking the database against the model");
-            let result = tokio::select! {
-                result = check::run(url, run_id, log) => result,
-                Some(()) = interrupts.recv() => Err(CheckError::Interrupted),
-            };
-            Some(match result {
-                Ok(model_check) => ModelCheckReport::Done(model_check),
-                Err(err) => ModelCheckReport::NotRun {
-                    error: err.to_string(),
-                },
-            })
-        }
+        (Some(url), Some(log)) => Some(check_model(url, run_id, log, &mut interrupts).await),
         _ => None,
     };
 
+    let (summary, verdict) = Summary::new(facts(&args, run_id, targets, outcome, model_check));
+    print!("{summary}");
+    if let (Some(path), Some(file)) = (&args.json, json_file) {
+        write_json(path, file, &summary)?;
+    }
+    Ok(verdict)
+}
+
+/// What is settled before any load is sent.
+struct Setup {
+    run_id: RunId,
+    endpoints: Vec<Uri>,
+    json_file: Option<File>,
+}
+
+/// Settles the run id, the endpoints and the JSON file, and makes sure the database
+/// holds nothing of this run; `Err` says what stands in the way.
+async fn prepare(args: &Args) -> Result<Setup, String> {
+    let run_id = resolve_run_id(args)?;
+    let endpoints = args
+        .urls
+        .iter()
+        .map(|url| client::endpoint(url, args.api))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Opened now: a path that cannot be written should fail before the load, not after.
+    let json_file = match &args.json {
+        Some(path) => Some(
+            File::create(path).map_err(|err| format!("cannot create {}: {err}", path.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(url) = &args.database_url {
+        check::preflight(url, run_id)
+            .await
+            .map_err(|err| format!("before the load: {err}"))?;
+    }
+    Ok(Setup {
+        run_id,
+        endpoints,
+        json_file,
+    })
+}
+
+/// The run id `--run-id` gives, or else one derived from the seed and the clock.
+fn resolve_run_id(args: &Args) -> Result<RunId, String> {
+    match args.run_id {
+        Some(id) => RunId::new(id).ok_or_else(|| format!("--run-id {id} has more than six digits")),
+        None => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos() as u64);
+            Ok(RunId::derive(args.seed, now))
+        }
+    }
+}
+
+/// How long the run may last: `--duration`, or the default when no limit is given.
+fn duration_limit(args: &Args) -> Option<Duration> {
+    match (args.duration, args.requests) {
+        (None, None) => Some(DEFAULT_DURATION),
+        (duration, _) => duration,
+    }
+}
+
+/// Tells on stderr what the run is about to send, where, and until when.
+fn announce(args: &Args, run_id: RunId, targets: &[String], duration: Option<Duration>) {
+    let limits: Vec<String> = duration
+        .map(|duration| format!("{:.1} s", duration.as_secs_f64()))
+        .into_iter()
+        .chain(args.requests.map(|requests| format!("{requests} requests")))
+        .collect();
+    eprintln!(
+        "loadgen: run {run_id}, seed {}, {} connections to {}, mix {}, {} keys, for {}",
+        args.seed,
+        args.connections,
+        targets.join(" "),
+        args.mix,
+        args.keys,
+        limits.join(" or "),
+    );
+}
+
+/// The model check's report: what it found, or why it could not finish (Ctrl-C
+/// included).
+async fn check_model(
+    url: &str,
+    run_id: RunId,
+    log: ModelLog,
+    interrupts: &mut mpsc::UnboundedReceiver<()>,
+) -> ModelCheckReport {
+    eprintln!("loadgen: checking the database against the model");
+    let result = tokio::select! {
+        result = check::run(url, run_id, log) => result,
+        Some(()) = interrupts.recv() => Err(CheckError::Interrupted),
+    };
+    match result {
+        Ok(model_check) => ModelCheckReport::Done(model_check),
+        Err(err) => ModelCheckReport::NotRun {
+            error: err.to_string(),
+        },
+    }
+}
+
+/// The facts the summary is made of: the arguments, and what the load and the model
+/// check found.
+fn facts(
+    args: &Args,
+    run_id: RunId,
+    urls: Vec<String>,
+    outcome: Outcome,
+    model_check: Option<ModelCheckReport>,
+) -> Facts {
     let tally = outcome.tally;
-    let (summary, verdict) = Summary::new(Facts {
+    Facts {
         run_id,
         seed: args.seed,
         api: args.api,
-        urls: targets,
-        connections,
-        keys,
+        urls,
+        connections: args.connections as usize,
+        keys: args.keys as usize,
         mix: args.mix,
         max_error_rate: args.max_error_rate,
         stopped_by: outcome.stopped_by,
@@ -355,13 +419,13 @@ async fn run(args: Args) -> Result<Verdict, String> {
         answer_checks: tally.answer_checks.into_checks(),
         model_check,
         crashed_workers: outcome.crashed_workers,
-    });
-    print!("{summary}");
-    if let (Some(path), Some(mut file)) = (&args.json, json_file) {
-        serde_json::to_writer_pretty(&mut file, &summary)
-            .map_err(io::Error::from)
-            .and_then(|()| writeln!(file))
-            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
     }
-    Ok(verdict)
+}
+
+/// Writes the summary as JSON to `file`, opened for `path`; `Err` says why it could not.
+fn write_json(path: &Path, mut file: File, summary: &Summary) -> Result<(), String> {
+    serde_json::to_writer_pretty(&mut file, summary)
+        .map_err(io::Error::from)
+        .and_then(|()| writeln!(file))
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))
 }

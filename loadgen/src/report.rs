@@ -208,55 +208,9 @@ pub struct Facts {
 
 impl Summary {
     pub fn new(facts: Facts) -> (Self, Verdict) {
-        let per_second = |count: u64| {
-            if facts.elapsed_s > 0.0 {
-                count as f64 / facts.elapsed_s
-            } else {
-                0.0
-            }
-        };
-        let failed = facts.requests - facts.ok;
-        let error_rate = if facts.requests == 0 {
-            0.0
-        } else {
-            failed as f64 / facts.requests as f64
-        };
-
-        let mut verdict = Verdict::default();
-        let mut failures = Vec::new();
-        if error_rate > facts.max_error_rate {
-            verdict.error_rate_exceeded = true;
-            failures.push(format!(
-                "{failed} of {} requests failed ({:.2}%), over --max-error-rate {}",
-                facts.requests,
-                error_rate * 100.0,
-                facts.max_error_rate
-            ));
-        }
-        let failed_answer_checks = facts.answer_checks.iter().filter(|c| !c.passed()).count();
-        if failed_answer_checks > 0 {
-            verdict.checks_failed = true;
-            failures.push(format!("{failed_answer_checks} answer check(s) failed"));
-        }
-        match &facts.model_check {
-            Some(ModelCheckReport::NotRun { error }) => {
-                verdict.checks_failed = true;
-                failures.push(format!("the model check could not run: {error}"));
-            }
-            Some(report) if !report.passed() => {
-                verdict.checks_failed = true;
-                failures.push("the model check failed".to_owned());
-            }
-            _ => {}
-        }
-        if facts.crashed_workers > 0 {
-            verdict.generator_failed = true;
-            failures.push(format!(
-                "{} worker(s) of the generator crashed",
-                facts.crashed_workers
-            ));
-        }
-
+        let error_rate = error_rate(facts.requests, facts.ok);
+        let (verdict, failures) = judge(&facts, error_rate);
+        let (error_counts, error_examples) = split_errors(facts.errors);
         let summary = Self {
             run_id: facts.run_id,
             seed: facts.seed,
@@ -269,22 +223,14 @@ impl Summary {
             requests: facts.requests,
             ok: facts.ok,
             duration_s: facts.elapsed_s,
-            rps: per_second(facts.requests),
-            ok_rps: per_second(facts.ok),
+            rps: per_second(facts.requests, facts.elapsed_s),
+            ok_rps: per_second(facts.ok, facts.elapsed_s),
             error_rate,
             max_error_rate: facts.max_error_rate,
             latency_ms: Latency::from_micros(&facts.latency_us),
             status_counts: facts.statuses,
-            error_counts: facts
-                .errors
-                .iter()
-                .map(|(kind, tally)| (kind.clone(), tally.count))
-                .collect(),
-            error_examples: facts
-                .errors
-                .into_iter()
-                .map(|(kind, tally)| (kind, tally.example))
-                .collect(),
+            error_counts,
+            error_examples,
             sent_by_kind: facts.sent_by_kind,
             answer_checks: facts.answer_checks,
             model_check: facts.model_check,
@@ -296,8 +242,95 @@ impl Summary {
     }
 }
 
+/// `count` per second of `elapsed_s`; 0 when no time passed.
+fn per_second(count: u64, elapsed_s: f64) -> f64 {
+    if elapsed_s > 0.0 {
+        count as f64 / elapsed_s
+    } else {
+        0.0
+    }
+}
+
+/// The share of requests that failed; 0 when none were sent.
+fn error_rate(requests: u64, ok: u64) -> f64 {
+    if requests == 0 {
+        0.0
+    } else {
+        (requests - ok) as f64 / requests as f64
+    }
+}
+
+/// The verdict on the run, and why it failed, one reason a line (none if it passed).
+fn judge(facts: &Facts, error_rate: f64) -> (Verdict, Vec<String>) {
+    let mut verdict = Verdict::default();
+    let mut failures = Vec::new();
+    if error_rate > facts.max_error_rate {
+        verdict.error_rate_exceeded = true;
+        failures.push(format!(
+            "{} of {} requests failed ({:.2}%), over --max-error-rate {}",
+            facts.requests - facts.ok,
+            facts.requests,
+            error_rate * 100.0,
+            facts.max_error_rate
+        ));
+    }
+    let failed_answer_checks = facts.answer_checks.iter().filter(|c| !c.passed()).count();
+    if failed_answer_checks > 0 {
+        verdict.checks_failed = true;
+        failures.push(format!("{failed_answer_checks} answer check(s) failed"));
+    }
+    match &facts.model_check {
+        Some(ModelCheckReport::NotRun { error }) => {
+            verdict.checks_failed = true;
+            failures.push(format!("the model check could not run: {error}"));
+        }
+        Some(report) if !report.passed() => {
+            verdict.checks_failed = true;
+            failures.push("the model check failed".to_owned());
+        }
+        _ => {}
+    }
+    if facts.crashed_workers > 0 {
+        verdict.generator_failed = true;
+        failures.push(format!(
+            "{} worker(s) of the generator crashed",
+            facts.crashed_workers
+        ));
+    }
+    (verdict, failures)
+}
+
+/// The failures' counts and first examples, each by kind.
+fn split_errors(
+    errors: BTreeMap<String, ErrorTally>,
+) -> (BTreeMap<String, u64>, BTreeMap<String, String>) {
+    let counts = errors
+        .iter()
+        .map(|(kind, tally)| (kind.clone(), tally.count))
+        .collect();
+    let examples = errors
+        .into_iter()
+        .map(|(kind, tally)| (kind, tally.example))
+        .collect();
+    (counts, examples)
+}
+
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_setup(f)?;
+        writeln!(f)?;
+        self.write_traffic(f)?;
+        self.write_failures_by_kind(f)?;
+        writeln!(f)?;
+        self.write_checks(f)?;
+        writeln!(f)?;
+        self.write_result(f)
+    }
+}
+
+impl Summary {
+    /// Writes what was sent where, with which mix, and why the run stopped.
+    fn write_setup(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "loadgen run {} (seed {}): {} API, {} connections, {} keys",
@@ -321,8 +354,11 @@ impl fmt::Display for Summary {
             "stopped    after {:.2} s ({})",
             self.duration_s,
             self.stopped_by.describe()
-        )?;
-        writeln!(f)?;
+        )
+    }
+
+    /// Writes the request counts and rates, the latencies and the HTTP statuses.
+    fn write_traffic(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "requests   {:>10}   {:>10.1}/s", self.requests, self.rps)?;
         writeln!(f, "ok (200)   {:>10}   {:>10.1}/s", self.ok, self.ok_rps)?;
         writeln!(
@@ -347,6 +383,11 @@ impl fmt::Display for Summary {
         if !statuses.is_empty() {
             writeln!(f, "statuses   {}", statuses.join(", "))?;
         }
+        Ok(())
+    }
+
+    /// Writes each kind of failure with its count and first example, if any failed.
+    fn write_failures_by_kind(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.error_counts.is_empty() {
             writeln!(f, "failures by kind (first example of each):")?;
             for (kind, count) in &self.error_counts {
@@ -354,8 +395,11 @@ impl fmt::Display for Summary {
                 writeln!(f, "  {kind:<20} {count:>10}   {example}")?;
             }
         }
+        Ok(())
+    }
 
-        writeln!(f)?;
+    /// Writes the answer checks, then the model check's outcome when one was asked for.
+    fn write_checks(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "answer checks")?;
         for check in &self.answer_checks {
             write!(f, "{check}")?;
@@ -371,8 +415,11 @@ impl fmt::Display for Summary {
             }
             None => {}
         }
+        Ok(())
+    }
 
-        writeln!(f)?;
+    /// Writes PASS, or FAIL with the reasons.
+    fn write_result(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.passed {
             writeln!(f, "result     PASS")
         } else {

@@ -199,35 +199,14 @@ pub async fn load(
     workload: Workload,
     interrupts: &mut mpsc::UnboundedReceiver<()>,
 ) -> Outcome {
-    let shared = Arc::new(Shared {
-        client,
-        workload,
-        run_id: plan.run_id,
-        live: Live {
-            requests: AtomicU64::new(0),
-            ok: AtomicU64::new(0),
-            interval_us: Mutex::new(latency_histogram()),
-        },
-        started: AtomicU64::new(0),
-        request_limit: plan.requests,
-        keep_model: plan.keep_model,
-    });
+    let shared = Arc::new(Shared::new(&plan, client, workload));
     let (phase_sender, phase) = watch::channel(Phase::Running);
     let started = Instant::now();
-    let mut workers = JoinSet::new();
-    for index in 0..plan.connections {
-        let endpoint = plan.endpoints[index % plan.endpoints.len()].clone();
-        let rng = Prng::new(mix64(plan.seed ^ index as u64));
-        workers.spawn(work(Arc::clone(&shared), endpoint, rng, phase.clone()));
-    }
+    let mut workers = spawn_workers(&plan, &shared, &phase);
 
     let deadline = plan.duration.map(|duration| started + duration);
     let mut deadline = std::pin::pin!(sleep_until(deadline));
-    let mut ticker = plan.progress.map(|period| {
-        let mut ticker = tokio::time::interval_at(started + period, period);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        ticker
-    });
+    let mut ticker = progress_ticker(started, plan.progress);
     let mut progress = ProgressLine::new(started);
     let mut stopped_by = None;
     let mut tally = Tally::new(plan.keep_model);
@@ -268,6 +247,51 @@ pub async fn load(
         stopped_by: stopped_by.unwrap_or(StopReason::Requests),
         crashed_workers,
     }
+}
+
+impl Shared {
+    /// What the workers of `plan` share, with nothing counted yet.
+    fn new(plan: &Plan, client: IdentifyClient, workload: Workload) -> Self {
+        Self {
+            client,
+            workload,
+            run_id: plan.run_id,
+            live: Live {
+                requests: AtomicU64::new(0),
+                ok: AtomicU64::new(0),
+                interval_us: Mutex::new(latency_histogram()),
+            },
+            started: AtomicU64::new(0),
+            request_limit: plan.requests,
+            keep_model: plan.keep_model,
+        }
+    }
+}
+
+/// Starts one worker per connection, each on its endpoint with its own random stream;
+/// returns them to be joined.
+fn spawn_workers(
+    plan: &Plan,
+    shared: &Arc<Shared>,
+    phase: &watch::Receiver<Phase>,
+) -> JoinSet<Tally> {
+    let mut workers = JoinSet::new();
+    for index in 0..plan.connections {
+        let endpoint = plan.endpoints[index % plan.endpoints.len()].clone();
+        let rng = Prng::new(mix64(plan.seed ^ index as u64));
+        workers.spawn(work(Arc::clone(shared), endpoint, rng, phase.clone()));
+    }
+    workers
+}
+
+/// The clock of the progress lines, first ticking one `period` after `started`;
+/// `None` when progress lines are off.
+fn progress_ticker(started: Instant, period: Option<Duration>) -> Option<Interval> {
+    period.map(|period| {
+        let mut ticker = tokio::time::interval_at(started + period, period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker
+    })
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
