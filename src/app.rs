@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, Uri, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use tokio::net::TcpListener;
@@ -50,6 +50,11 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::middleware::rate_limit,
         ))
+        // Before the rate limit, which keys on the principal when there is one.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::middleware::authenticate,
+        ))
         .layer(cors)
         .layer(middleware::from_fn_with_state(
             state,
@@ -74,7 +79,18 @@ pub fn router(state: AppState) -> Router {
         ))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &state.config.metrics_token {
+        use subtle::ConstantTimeEq;
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
+            return ApiError::Unauthenticated(crate::auth::AuthFailure::Missing).into_response();
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -82,6 +98,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics.render(&state.pool, &state.statements),
     )
+        .into_response()
 }
 
 /// No origin is allowed unless configured: browsers then refuse cross-origin calls.
@@ -100,7 +117,11 @@ fn cors(config: &Config) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::CONTENT_TYPE, REQUEST_ID.clone()])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            REQUEST_ID.clone(),
+        ])
         .expose_headers([REQUEST_ID.clone(), header::RETRY_AFTER])
 }
 

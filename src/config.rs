@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::AuthMode;
 use crate::db::PoolSettings;
 use crate::server::{ConnectionLimits, effective_max_connections};
 
@@ -22,7 +23,7 @@ pub struct Cli {
     pub config: Config,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Apply pending migrations, then serve REST and GraphQL (the default).
     Serve,
@@ -34,6 +35,31 @@ pub enum Command {
     PrintOpenapi,
     /// Verify invariants I1–I3 over the whole database; exit 1 on any violation.
     Check,
+    /// Manage API keys (applies pending migrations first).
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum KeysCommand {
+    /// Make a key; prints it once, alone, as the last line of standard output.
+    Create {
+        /// Who or what the key is for, shown by `keys list`.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: identify, read, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// List keys: ids, names, scopes, dates; never secrets.
+    List,
+    /// Revoke a key by id; every server process refuses it within the cache time.
+    Revoke {
+        /// The key's id (the 16 hex digits after `irk_`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -174,6 +200,31 @@ pub struct Config {
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',', global = true)]
     pub cors_origins: Vec<String>,
 
+    /// When callers must authenticate: `auto` as soon as an API key exists,
+    /// `required` always, `off` never.
+    #[arg(long, env = "AUTH_MODE", value_enum, default_value_t = AuthMode::Auto, global = true)]
+    pub auth_mode: AuthMode,
+
+    /// Serve anonymous callers (every scope) on a non-loopback address when no key
+    /// exists; without it the server refuses to start there.
+    #[arg(long, env = "ALLOW_ANONYMOUS", default_value_t = false, global = true)]
+    pub allow_anonymous: bool,
+
+    /// Seconds a verified API key (or the absence of keys) is trusted before it is
+    /// read again: the longest a revocation takes to reach this process (at most 30).
+    #[arg(long, env = "AUTH_CACHE_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=30), global = true)]
+    pub auth_cache_secs: u64,
+
+    /// A bearer token `/metrics` requires; unset leaves it open.
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true, global = true)]
+    pub metrics_token: Option<Secret>,
+
+    /// GraphQL introspection: `on` (for authenticated callers when authentication
+    /// is on) or `off` for everyone.
+    #[arg(long, env = "INTROSPECTION", value_enum, default_value_t = Switch::On, global = true)]
+    pub introspection: Switch,
+
     /// Log output format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -196,12 +247,22 @@ impl Config {
         }
     }
 
+    pub fn auth_cache(&self) -> Duration {
+        Duration::from_secs(self.auth_cache_secs)
+    }
+
     pub fn pool_settings(&self) -> PoolSettings {
         PoolSettings {
             max_size: self.pool_size,
             acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::{AuthFailure, Denied, Scope};
 use crate::domain::InputError;
 use crate::service::ServiceError;
 
@@ -22,6 +23,10 @@ pub enum ApiError {
     /// A GraphQL request that is not a GraphQL-over-HTTP request this server takes.
     #[error("{0}")]
     BadRequest(String),
+    #[error("{}", .0.message())]
+    Unauthenticated(AuthFailure),
+    #[error("this credential lacks the `{}` scope", .0.as_str())]
+    Forbidden(Scope),
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -47,6 +52,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated(AuthFailure::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
@@ -64,6 +72,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ApiError::BadRequest(_) => "BAD_REQUEST",
+            ApiError::Unauthenticated(AuthFailure::Unavailable) => "SERVICE_UNAVAILABLE",
+            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::NotFound => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::Unavailable => "SERVICE_UNAVAILABLE",
@@ -129,6 +140,7 @@ impl ApiError {
         match self {
             ApiError::Unavailable | ApiError::Timeout => Some(1),
             ApiError::Service(err) if err.is_unavailable() => Some(1),
+            ApiError::Unauthenticated(AuthFailure::Unavailable) => Some(1),
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         }
@@ -155,6 +167,28 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if let ApiError::Unauthenticated(failure) = self
+            && failure != AuthFailure::Unavailable
+        {
+            let challenge = if failure == AuthFailure::Missing {
+                "Bearer"
+            } else {
+                "Bearer error=\"invalid_token\""
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
         response
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Unauthenticated(failure) => ApiError::Unauthenticated(failure),
+            Denied::Forbidden(scope) => ApiError::Forbidden(scope),
+        }
     }
 }

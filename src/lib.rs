@@ -5,6 +5,7 @@
 //! integration tests can build the very same application on a port of their own.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod domain;

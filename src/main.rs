@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use identity_reconciliation::config::{Cli, Command, Config, Secret};
+use identity_reconciliation::auth::{self, AuthMode, Scope};
+use identity_reconciliation::config::{Cli, Command, Config, KeysCommand, Secret};
 use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use identity_reconciliation::{app, db, graphql, openapi, telemetry};
 
@@ -19,7 +20,7 @@ fn main() -> ExitCode {
             println!("{}", openapi::json());
             return ExitCode::SUCCESS;
         }
-        Command::Serve | Command::Migrate | Command::Check => {}
+        Command::Serve | Command::Migrate | Command::Check | Command::Keys { .. } => {}
     }
     telemetry::init(cli.config.log_format);
     match run(command, cli.config) {
@@ -107,19 +108,93 @@ async fn run_async(command: Command, config: Config) -> Result<ExitCode, String>
     } else {
         tracing::info!("the database schema is up to date (no migration to apply)");
     }
-    if command == Command::Migrate {
-        return Ok(ExitCode::SUCCESS);
+    match command {
+        Command::Migrate => return Ok(ExitCode::SUCCESS),
+        Command::Keys { action } => return keys(&pool, action).await,
+        _ => {}
     }
+    let state = app::AppState::new(pool.clone(), statements, config.clone());
+    announce_access(&state, &config).await?;
     let (listener, address) = app::bind(&config)
         .await
         .map_err(|err| format!("could not listen on {}:{}: {err}", config.host, config.port))?;
     tracing::info!(%address, "listening: POST http://{address}/identify, GraphiQL at http://{address}/graphql");
-    let state = app::AppState::new(pool.clone(), statements, config);
     app::serve(listener, state, app::shutdown_signal())
         .await
         .map_err(|err| err.to_string())?;
     pool.close();
     tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Says who may call, and refuses to serve everyone on a non-loopback address when
+/// nothing protects the data (docs/SPEC.md §9).
+async fn announce_access(state: &app::AppState, config: &Config) -> Result<(), String> {
+    let required = state.auth.required().await;
+    match (state.auth.mode(), required) {
+        (AuthMode::Off, _) => tracing::warn!(
+            "authentication is off (AUTH_MODE=off): every caller may read and write all contact data"
+        ),
+        (_, true) => tracing::info!(
+            mode = %state.auth.mode(),
+            "authentication required: callers send Authorization: Bearer <API key>"
+        ),
+        (_, false) if config.host.is_loopback() || config.allow_anonymous => tracing::info!(
+            "no API key exists: anonymous callers get every scope (create one with \
+             `identity-reconciliation keys create --name NAME --scopes identify,read`)"
+        ),
+        (_, false) => {
+            return Err(format!(
+                "refusing to serve anonymous callers on {}: no API key exists. Create one \
+                 (`identity-reconciliation keys create --name NAME --scopes identify,read`), \
+                 or pass --allow-anonymous (ALLOW_ANONYMOUS=true) to serve everyone",
+                config.host
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `keys create | list | revoke`.
+async fn keys(pool: &db::DbPool, action: KeysCommand) -> Result<ExitCode, String> {
+    let mut conn = pool.get().await.map_err(|err| err.to_string())?;
+    match action {
+        KeysCommand::Create { name, scopes } => {
+            let scopes: Vec<Scope> = scopes
+                .iter()
+                .map(|name| {
+                    Scope::parse(name.trim()).ok_or_else(|| {
+                        format!("unknown scope `{name}`: use identify, read or admin")
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let (id, token) = auth::create_key(&mut conn, &name, &scopes).await?;
+            println!("created key {id} ({name}); it is shown once, here, and stored only hashed:");
+            println!("{token}");
+        }
+        KeysCommand::List => {
+            let keys = db::api_keys::list(&mut conn)
+                .await
+                .map_err(|err| err.to_string())?;
+            if keys.is_empty() {
+                println!("no keys");
+            }
+            for key in &keys {
+                println!("{}", auth::describe(key));
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let found = db::api_keys::revoke(&mut conn, &id)
+                .await
+                .map_err(|err| err.to_string())?;
+            if !found {
+                return Err(format!("no key {id}"));
+            }
+            println!(
+                "revoked key {id}: refused everywhere within the cache time (AUTH_CACHE_SECS)"
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

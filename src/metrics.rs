@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::auth::AuthFailure;
 use crate::db::{DbPool, StatementCounter};
 use crate::domain::Outcome;
 
@@ -48,6 +49,8 @@ pub struct Metrics {
     connections_refused: AtomicU64,
     /// Closed by the server, by reason: `CLOSE_REASONS`.
     connections_closed: [AtomicU64; CLOSE_REASONS.len()],
+    /// Refused credentials, by `AuthFailure`.
+    auth_failures: [AtomicU64; AuthFailure::ALL.len()],
 }
 
 /// Why the server closed a connection (the values of a label, so a fixed set).
@@ -125,6 +128,12 @@ impl Metrics {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn observe_auth_failure(&self, failure: AuthFailure) {
+        if let Some(slot) = AuthFailure::ALL.iter().position(|known| *known == failure) {
+            self.auth_failures[slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The server closed a connection; `reason` is one of `CLOSE_REASONS`.
     pub fn observe_connection_closed(&self, reason: &str) {
         if let Some(slot) = CLOSE_REASONS.iter().position(|known| *known == reason) {
@@ -138,6 +147,7 @@ impl Metrics {
         self.render_requests(&mut out);
         self.render_identify(&mut out);
         self.render_connections(&mut out);
+        self.render_auth(&mut out);
         render_pool(&mut out, pool, statements);
         out.0
     }
@@ -250,6 +260,23 @@ impl Metrics {
             out.sample(
                 "http_connections_closed_total",
                 &format!("reason=\"{reason}\""),
+                counter.load(Ordering::Relaxed),
+            );
+        }
+    }
+}
+
+impl Metrics {
+    fn render_auth(&self, out: &mut Exposition) {
+        out.family(
+            "auth_failures_total",
+            "counter",
+            "Requests whose credential was missing or refused, by reason.",
+        );
+        for (failure, counter) in AuthFailure::ALL.iter().zip(self.auth_failures.iter()) {
+            out.sample(
+                "auth_failures_total",
+                &format!("reason=\"{}\"", failure.as_str()),
                 counter.load(Ordering::Relaxed),
             );
         }

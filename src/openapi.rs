@@ -21,9 +21,31 @@ use crate::rest::identify::{IdentifyRequestBody, IdentifyResponse, IdentityBody}
         IdentityBody,
         ErrorBody,
         ErrorDetail
-    ))
+    )),
+    modifiers(&BearerScheme)
 )]
 struct ApiDoc;
+
+/// Declares the bearer credential (docs/SPEC.md §9) the operations refer to.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("irk_<id>_<secret> API key")
+                        .build(),
+                ),
+            );
+    }
+}
 
 /// The document as served.
 pub fn document() -> utoipa::openapi::OpenApi {

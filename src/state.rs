@@ -5,6 +5,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::db::{DbPool, StatementCounter};
 use crate::metrics::Metrics;
@@ -19,6 +20,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// `None` when rate limiting is off (the default).
     pub rate_limiter: Option<RateLimiter>,
+    pub auth: Authenticator,
     pub config: Config,
 }
 
@@ -29,10 +31,11 @@ pub struct AppState(Arc<App>);
 impl AppState {
     pub fn new(pool: DbPool, statements: StatementCounter, config: Config) -> Self {
         Self(Arc::new(App {
-            pool,
+            pool: pool.clone(),
             statements,
             metrics: Arc::new(Metrics::default()),
             rate_limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
+            auth: Authenticator::new(pool.clone(), config.auth_mode, config.auth_cache()),
             config,
         }))
     }

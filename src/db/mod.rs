@@ -1,6 +1,7 @@
 //! Everything that talks to PostgreSQL: the connection pool, the embedded
 //! migrations, the generated schema, and plain query functions over a connection.
 
+pub mod api_keys;
 pub mod contacts;
 pub mod embedded;
 mod error;

@@ -7,6 +7,18 @@ pub mod sql_types {
 }
 
 diesel::table! {
+    api_keys (id) {
+        id -> Text,
+        name -> Text,
+        scopes -> Array<Nullable<Text>>,
+        secret_sha256 -> Text,
+        created_at -> Timestamptz,
+        last_used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     use diesel::sql_types::*;
     use super::sql_types::LinkPrecedence;
 
@@ -21,3 +33,5 @@ diesel::table! {
         deleted_at -> Nullable<Timestamptz>,
     }
 }
+
+diesel::allow_tables_to_appear_in_same_query!(api_keys, contacts,);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use async_graphql::{ErrorExtensions, ServerError};
 
+use crate::auth::{AuthFailure, Authentication, Denied, Scope};
 use crate::db::DbError;
 use crate::domain::{Field, InputError};
 use crate::service::{LookupError, ServiceError};
@@ -23,6 +24,10 @@ pub enum ErrorCode {
     GraphqlValidationFailed,
     /// A value, or the document's size or cost, that the client must change.
     BadUserInput,
+    /// No credential, or one that did not verify.
+    Unauthenticated,
+    /// A valid credential without the field's scope.
+    Forbidden,
     NotFound,
     ServiceUnavailable,
     /// A bug or a broken database; never the client's fault.
@@ -35,6 +40,8 @@ impl ErrorCode {
             ErrorCode::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
             ErrorCode::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
             ErrorCode::BadUserInput => "BAD_USER_INPUT",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
@@ -63,6 +70,34 @@ impl From<InputError> for async_graphql::Error {
             field => field.as_str(),
         };
         ErrorCode::BadUserInput.argument_error(field, err.message)
+    }
+}
+
+impl From<Denied> for async_graphql::Error {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Unauthenticated(AuthFailure::Unavailable) => {
+                ErrorCode::ServiceUnavailable.error(AuthFailure::Unavailable.message())
+            }
+            Denied::Unauthenticated(failure) => ErrorCode::Unauthenticated.error(failure.message()),
+            Denied::Forbidden(scope) => ErrorCode::Forbidden.error(format!(
+                "this credential lacks the `{}` scope",
+                scope.as_str()
+            )),
+        }
+    }
+}
+
+/// A field only principals with the scope may resolve. Other fields of the same
+/// operation resolve as usual.
+pub struct RequireScope(pub Scope);
+
+impl async_graphql::Guard for RequireScope {
+    async fn check(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<()> {
+        match ctx.data_opt::<Authentication>() {
+            Some(authentication) => authentication.require(self.0).map(drop).map_err(Into::into),
+            None => Err(Denied::Unauthenticated(AuthFailure::Missing).into()),
+        }
     }
 }
 

@@ -27,6 +27,8 @@ pub use loaders::{ContactLoader, MembersLoader};
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 
+use crate::auth::{AuthFailure, Authentication};
+use crate::config::Switch;
 use crate::error::ApiError;
 use crate::middleware::{RateLimitClient, rate_limited};
 use crate::state::AppState;
@@ -43,7 +45,12 @@ fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
 
 /// The schema served, with the application state its resolvers use.
 pub fn schema(state: AppState) -> AppSchema {
-    builder().data(state).finish()
+    let builder = if state.config.introspection == Switch::Off {
+        builder().disable_introspection()
+    } else {
+        builder()
+    };
+    builder.data(state).finish()
 }
 
 /// The schema in SDL, exactly as served: `schema.graphql` is this text.
@@ -88,6 +95,7 @@ fn is_graphql_json(headers: &HeaderMap) -> bool {
 async fn execute(
     State(schema): State<AppSchema>,
     client: Option<Extension<RateLimitClient>>,
+    authentication: Option<Extension<Authentication>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -109,8 +117,17 @@ async fn execute(
 
     // Loaders cache per request, so a fresh pair for each: `Contact.identity` and
     // `Identity.contacts` then share one fetch of the members.
-    let request = checked
-        .request
+    let authentication = authentication
+        .map(|Extension(authentication)| authentication)
+        .unwrap_or(Authentication::Failed(AuthFailure::Missing));
+    let mut request = checked.request;
+    if !authentication.is_authenticated() {
+        // The schema is no secret worth a credential to anyone who has one, and no
+        // map for anyone who has not.
+        request = request.disable_introspection();
+    }
+    let request = request
+        .data(authentication)
         .data(loader(ContactLoader::new(state.pool.clone())))
         .data(loader(MembersLoader::new(state.pool.clone())));
     let mut response = schema.execute(request).await;
@@ -271,7 +288,7 @@ fn charge_rate_limit(
             limiter.burst()
         ))]));
     }
-    match limiter.check(client, extra) {
+    match limiter.check(&client, extra) {
         Ok(()) => None,
         Err(retry_after) => {
             state.metrics.observe_rate_limited();

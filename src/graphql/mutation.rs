@@ -2,7 +2,9 @@
 
 use async_graphql::{Context, InputObject, Object, Result};
 
+use super::error::RequireScope;
 use super::types::IdentityNode;
+use crate::auth::Scope;
 use crate::domain::IdentifyRequest;
 use crate::service;
 use crate::state::AppState;
@@ -23,12 +25,14 @@ pub struct IdentifyInput {
 impl MutationRoot {
     /// Links the order's contact details into one identity (creating, extending or
     /// merging identities as needed) and returns it.
+    #[graphql(guard = "RequireScope(Scope::Identify)")]
     async fn identify(&self, ctx: &Context<'_>, input: IdentifyInput) -> Result<IdentityNode> {
         let request =
             IdentifyRequest::parse(input.email.as_deref(), input.phone_number.as_deref())?;
         let state = ctx.data_unchecked::<AppState>();
         let identified = service::identify(&state.pool, request).await?;
         state.record_identified(&identified);
+        super::query::audit(ctx, "identify", identified.identity.contacts.len());
         Ok(IdentityNode::from(identified.identity))
     }
 }

@@ -6,9 +6,11 @@ use async_graphql::connection::{Connection, Edge, OpaqueCursor};
 use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::{Context, InputObject, Object, Result};
 
+use super::error::RequireScope;
 use super::limits::{LOOKUP_COST, Page, page_size};
 use super::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
 use super::types::{ContactNode, IdentityNode, LinkPrecedence};
+use crate::auth::{self, Authentication, Scope};
 use crate::db::DbError;
 use crate::db::contacts::{self, ContactFilter};
 use crate::domain::{Contact, Email, IdentifyRequest, Phone};
@@ -59,16 +61,21 @@ pub type ContactConnection = Connection<OpaqueCursor<i32>, ContactNode>;
 #[Object(name = "Query")]
 impl QueryRoot {
     /// A live contact by id, primary or secondary; null when there is none.
+    #[graphql(guard = "RequireScope(Scope::Read)")]
     async fn contact(&self, ctx: &Context<'_>, id: i32) -> Result<Option<ContactNode>> {
         let contact = ctx
             .data_unchecked::<DataLoader<ContactLoader, HashMapCache>>()
             .load_one(ContactId(id))
             .await?;
+        audit(ctx, "contact", usize::from(contact.is_some()));
         Ok(contact.map(ContactNode))
     }
 
     /// Live contacts in id order, a page at a time (Relay cursor connection).
-    #[graphql(complexity = "page_size(first) as usize * child_complexity + 1")]
+    #[graphql(
+        guard = "RequireScope(Scope::Read)",
+        complexity = "page_size(first) as usize * child_complexity + 1"
+    )]
     async fn contacts(
         &self,
         ctx: &Context<'_>,
@@ -93,6 +100,7 @@ impl QueryRoot {
             .map(Contact::from)
             .collect();
         prefetch_nested(ctx, &rows).await?;
+        audit(ctx, "contacts", rows.len());
 
         let mut connection = Connection::new(page.after.is_some(), has_next_page);
         connection.edges.extend(
@@ -104,7 +112,10 @@ impl QueryRoot {
 
     /// The identity holding the email or the phone number; writes nothing. Null when
     /// neither is known; an error when they belong to two different identities.
-    #[graphql(complexity = "LOOKUP_COST + child_complexity")]
+    #[graphql(
+        guard = "RequireScope(Scope::Read)",
+        complexity = "LOOKUP_COST + child_complexity"
+    )]
     async fn identity(
         &self,
         ctx: &Context<'_>,
@@ -114,8 +125,23 @@ impl QueryRoot {
         let request = IdentifyRequest::parse(email.as_deref(), phone_number.as_deref())?;
         let state = ctx.data_unchecked::<AppState>();
         let identity = service::lookup(&state.pool, &request).await?;
+        audit(
+            ctx,
+            "identity",
+            identity
+                .as_ref()
+                .map_or(0, |identity| identity.contacts.len()),
+        );
         Ok(identity.map(IdentityNode::from))
     }
+}
+
+/// Notes the read in the audit log, under the request's principal.
+pub(super) fn audit(ctx: &Context<'_>, operation: &str, contacts: usize) {
+    let principal = ctx
+        .data_opt::<Authentication>()
+        .map_or("unauthenticated", Authentication::name);
+    auth::audit_read(principal, operation, contacts);
 }
 
 /// Loads, in one query each, what the page's nodes will ask their loaders for,

@@ -2,6 +2,7 @@
 //! on one request, timeout and body size, and the panic catcher (`limits`); the
 //! per-client rate limit (`rate_limit`).
 
+mod auth;
 mod limits;
 mod rate_limit;
 
@@ -13,8 +14,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
+pub use auth::authenticate;
 pub use limits::{catch_panic, refuse_oversized_body, timeout};
-pub use rate_limit::{RateLimitClient, RateLimiter, rate_limit, rate_limited};
+pub use rate_limit::{ClientKey, RateLimitClient, RateLimiter, rate_limit, rate_limited};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -63,6 +65,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         route = %route,
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
+        principal = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
     let mut response = next.run(request).instrument(span.clone()).await;

@@ -26,6 +26,7 @@ use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{NotUntil, Quota};
 
 use super::error_for;
+use crate::auth::{Authentication, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -45,10 +46,18 @@ pub async fn rate_limit(
     if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
         return next.run(request).await;
     }
-    let Some(client) = client_address(&request, state.config.trust_forwarded_for) else {
+    let principal = match request.extensions().get::<Authentication>() {
+        Some(Authentication::Principal(principal)) if principal != &Principal::anonymous() => {
+            Some(ClientKey::Principal(principal.id.clone()))
+        }
+        _ => None,
+    };
+    let Some(client) = principal.or_else(|| {
+        client_address(&request, state.config.trust_forwarded_for).map(ClientKey::Address)
+    }) else {
         return next.run(request).await;
     };
-    match limiter.check(client, 1) {
+    match limiter.check(&client, 1) {
         Ok(()) => {
             // A handler whose request does several operations takes more tokens.
             request.extensions_mut().insert(RateLimitClient(client));
@@ -61,9 +70,17 @@ pub async fn rate_limit(
     }
 }
 
+/// Who a rate-limit bucket belongs to: an authenticated principal, wherever it calls
+/// from, or else a client address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    Principal(String),
+    Address(IpAddr),
+}
+
 /// The rate-limit key of the request, for handlers that charge extra tokens.
-#[derive(Debug, Clone, Copy)]
-pub struct RateLimitClient(pub IpAddr);
+#[derive(Debug, Clone)]
+pub struct RateLimitClient(pub ClientKey);
 
 pub fn rate_limited(retry_after: Duration) -> ApiError {
     ApiError::RateLimited {
@@ -90,7 +107,7 @@ fn client_address(request: &Request, trust_forwarded_for: bool) -> Option<IpAddr
 
 /// A token bucket (GCRA) per client address.
 pub struct RateLimiter<C: Clock = DefaultClock> {
-    limiter: governor::RateLimiter<IpAddr, SharedClients, C, NoOpMiddleware<C::Instant>>,
+    limiter: governor::RateLimiter<ClientKey, SharedClients, C, NoOpMiddleware<C::Instant>>,
     clients: Arc<BoundedClients>,
     clock: C,
     burst: u32,
@@ -153,11 +170,11 @@ impl<C: Clock + Clone> RateLimiter<C> {
 
     /// Takes `tokens` tokens for `client` (all or none), or says how long until they
     /// are available.
-    pub fn check(&self, client: IpAddr, tokens: u32) -> Result<(), Duration> {
+    pub fn check(&self, client: &ClientKey, tokens: u32) -> Result<(), Duration> {
         let Some(tokens) = NonZeroU32::new(tokens) else {
             return Ok(());
         };
-        match self.limiter.check_key_n(&client, tokens) {
+        match self.limiter.check_key_n(client, tokens) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(self.wait(&not_until)),
             // More than a whole burst: it will never fit; say how long a full refill takes.
@@ -173,7 +190,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
 /// The client table: governor keeps its GCRA state in each entry's
 /// [`InMemoryState`]; this decides which entry a client gets.
 struct BoundedClients {
-    clients: DashMap<IpAddr, Client>,
+    clients: DashMap<ClientKey, Client>,
     /// Shared by every client that arrives while the table is full.
     overflow: InMemoryState,
     capacity: usize,
@@ -233,9 +250,9 @@ impl BoundedClients {
 struct SharedClients(Arc<BoundedClients>);
 
 impl StateStore for SharedClients {
-    type Key = IpAddr;
+    type Key = ClientKey;
 
-    fn measure_and_replace<T, F, E>(&self, key: &IpAddr, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, key: &ClientKey, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
@@ -244,7 +261,7 @@ impl StateStore for SharedClients {
 }
 
 impl BoundedClients {
-    fn measure_and_replace<T, F, E>(&self, key: &IpAddr, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, key: &ClientKey, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
@@ -259,7 +276,7 @@ impl BoundedClients {
                 return self.overflow.measure_and_replace(&NotKeyed::NonKey, f);
             }
         }
-        let client = self.clients.entry(*key).or_default();
+        let client = self.clients.entry(key.clone()).or_default();
         client.last_seen_ms.store(now_ms, Ordering::Relaxed);
         client.state.measure_and_replace(&NotKeyed::NonKey, f)
     }
@@ -285,27 +302,36 @@ mod tests {
     #[test]
     fn a_bucket_allows_its_burst_then_refills_at_the_rate() {
         let (limiter, clock) = limiter(2.0, 3, 100);
-        let client: IpAddr = "127.0.0.1".parse().unwrap();
+        let client = ClientKey::Address("127.0.0.1".parse().unwrap());
         for _ in 0..3 {
-            assert!(limiter.check(client, 1).is_ok());
+            assert!(limiter.check(&client, 1).is_ok());
         }
-        let wait = limiter.check(client, 1).unwrap_err();
+        let wait = limiter.check(&client, 1).unwrap_err();
         assert!((wait.as_secs_f64() - 0.5).abs() < 1e-3, "{wait:?}");
         clock.advance(Duration::from_millis(500));
-        assert!(limiter.check(client, 1).is_ok());
-        // Other clients have buckets of their own.
-        assert!(limiter.check("10.0.0.1".parse().unwrap(), 1).is_ok());
+        assert!(limiter.check(&client, 1).is_ok());
+        // Other clients have buckets of their own, and so does a principal.
+        assert!(
+            limiter
+                .check(&ClientKey::Address("10.0.0.1".parse().unwrap()), 1)
+                .is_ok()
+        );
+        assert!(
+            limiter
+                .check(&ClientKey::Principal("key:a".into()), 3)
+                .is_ok()
+        );
     }
 
     #[test]
     fn several_tokens_are_taken_all_or_none() {
         let (limiter, _clock) = limiter(1.0, 5, 100);
-        let client: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(limiter.check(client, 4).is_ok());
-        assert!(limiter.check(client, 2).is_err(), "only 1 left");
-        assert!(limiter.check(client, 1).is_ok());
+        let client = ClientKey::Address("127.0.0.1".parse().unwrap());
+        assert!(limiter.check(&client, 4).is_ok());
+        assert!(limiter.check(&client, 2).is_err(), "only 1 left");
+        assert!(limiter.check(&client, 1).is_ok());
         assert!(
-            limiter.check(client, 6).is_err(),
+            limiter.check(&client, 6).is_err(),
             "more than a burst never fits"
         );
     }
@@ -321,8 +347,8 @@ mod tests {
         let (limiter, _clock) = limiter(1.0, 1, 1_000);
         let mut refused = 0;
         for n in 0..50_000u32 {
-            let client = IpAddr::from(n.to_be_bytes());
-            if limiter.check(client, 1).is_err() {
+            let client = ClientKey::Address(IpAddr::from(n.to_be_bytes()));
+            if limiter.check(&client, 1).is_err() {
                 refused += 1;
             }
         }

@@ -1,15 +1,16 @@
 //! `POST /identify`: the original FluxKart contract (docs/SPEC.md §5), parsed strictly,
 //! answered by the service.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::{Extension, Json};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::auth::{AuthFailure, Authentication, Scope};
 use crate::domain::{Email, Field, IdentifyRequest, Identity, InputError, Phone};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
@@ -104,6 +105,9 @@ impl From<Identity> for IdentifyResponse {
     responses(
         (status = 200, description = "The merged identity", body = IdentifyResponse),
         (status = 400, description = "Invalid input; `field` names the culprit", body = ErrorBody),
+        (status = 401, description = "No valid credential; see WWW-Authenticate", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "The credential lacks the identify scope", body = ErrorBody),
         (status = 413, description = "Body larger than the limit", body = ErrorBody),
         (status = 415, description = "Body not sent as JSON", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody,
@@ -112,13 +116,18 @@ impl From<Identity> for IdentifyResponse {
         (status = 503, description = "Database unavailable or request timed out; see Retry-After",
             body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
-    tag = "identify"
+    tag = "identify",
+    security(("bearer" = ["identify"]))
 )]
 pub async fn identify(
     State(state): State<AppState>,
+    authentication: Option<Extension<Authentication>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IdentifyResponse>, ApiError> {
+    // Before anything is read: a refused caller learns nothing and writes nothing.
+    let authentication = authentication.map(|Extension(authentication)| authentication);
+    authorize(authentication.as_ref(), Scope::Identify)?;
     if !is_json(&headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
@@ -137,7 +146,22 @@ pub async fn identify(
     let request = parse_body(&body)?;
     let identified = service::identify(&state.pool, request).await?;
     state.record_identified(&identified);
+    crate::auth::audit_read(
+        authentication
+            .as_ref()
+            .map_or("unauthenticated", Authentication::name),
+        "identify",
+        identified.identity.contacts.len(),
+    );
     Ok(Json(identified.identity.into()))
+}
+
+/// The caller's principal if it holds `scope`. A request that did not go through
+/// authentication (a router built without it) is refused, not let through.
+pub fn authorize(authentication: Option<&Authentication>, scope: Scope) -> Result<(), ApiError> {
+    let authentication = authentication.ok_or(ApiError::Unauthenticated(AuthFailure::Missing))?;
+    authentication.require(scope)?;
+    Ok(())
 }
 
 /// `application/json`, or any `application/*+json`, with or without parameters.

@@ -444,6 +444,22 @@ impl TestApp {
         .expect("rows load")
     }
 
+    /// The `json` text column of every row `sql` returns.
+    pub async fn query_json(&self, sql: &str) -> Vec<String> {
+        #[derive(QueryableByName)]
+        struct Json {
+            #[diesel(sql_type = Text)]
+            json: String,
+        }
+        diesel::sql_query(sql)
+            .load::<Json>(&mut self.connection().await)
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {err}"))
+            .into_iter()
+            .map(|row| row.json)
+            .collect()
+    }
+
     pub async fn row_count(&self) -> usize {
         self.rows().await.len()
     }
@@ -591,6 +607,8 @@ fn init_test_log() {
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub port: u16,
+    /// Every line the server has logged so far (JSON).
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -602,9 +620,15 @@ impl ServerProcess {
 
     /// Starts the server on `port` (0: any free one) and waits until it is ready.
     pub async fn start_on(database_url: &str, port: u16) -> ServerProcess {
+        Self::start_with(database_url, port, &[]).await
+    }
+
+    /// Like [`ServerProcess::start_on`], with extra command-line flags.
+    pub async fn start_with(database_url: &str, port: u16, flags: &[&str]) -> ServerProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(SERVER_BINARY)
             .args(["--port", &port.to_string()])
+            .args(flags)
             .args([
                 "--db-acquire-timeout-ms",
                 "1000",
@@ -625,6 +649,8 @@ impl ServerProcess {
         // TEST_LOG, and read either way so the server never blocks on a full pipe.
         let stderr = child.stderr.take().expect("piped stderr");
         let (address_sender, address) = std::sync::mpsc::channel();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = logs.clone();
         std::thread::spawn(move || {
             let show = test_log();
             for line in std::io::BufReader::new(stderr)
@@ -634,6 +660,7 @@ impl ServerProcess {
                 if show {
                     eprintln!("[server] {line}");
                 }
+                kept.lock().unwrap().push(line.clone());
                 if let Ok(entry) = serde_json::from_str::<Value>(&line)
                     && let Some(address) = entry["address"].as_str()
                     && let Ok(address) = address.parse::<SocketAddr>()
@@ -651,6 +678,7 @@ impl ServerProcess {
         let server = ServerProcess {
             child,
             port: address.port(),
+            logs,
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !server.ready().await {

@@ -2,6 +2,7 @@
 //! port with a fresh database on a real PostgreSQL, and drives it over HTTP.
 
 mod abuse;
+mod access;
 mod browser;
 mod concurrency;
 mod generated;

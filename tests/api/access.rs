@@ -1,0 +1,438 @@
+//! Access control (docs/SPEC.md §9): every route and every GraphQL root field ×
+//! {no credential, malformed header, unknown key, wrong secret, revoked key,
+//! insufficient scope, right scope}; the modes; keys stored hashed; revocation
+//! across processes; the CLI; secrets never logged.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use identity_reconciliation::auth::{self, Scope, keys};
+use serde_json::{Value, json};
+
+use crate::helpers::{SERVER_BINARY, ServerProcess, TestApp, TestDatabase, spawn_app_with};
+
+/// Credentials of every kind, made on `app`'s database.
+struct Credentials {
+    identify: String,
+    read: String,
+    revoked: String,
+    unknown: String,
+    wrong_secret: String,
+}
+
+async fn credentials(app: &TestApp) -> Credentials {
+    let mut conn = app.connection().await;
+    let (_, identify) = auth::create_key(&mut conn, "checkout", &[Scope::Identify])
+        .await
+        .unwrap();
+    let (_, read) = auth::create_key(&mut conn, "back office", &[Scope::Read])
+        .await
+        .unwrap();
+    let (revoked_id, revoked) = auth::create_key(&mut conn, "old", &[Scope::Identify, Scope::Read])
+        .await
+        .unwrap();
+    identity_reconciliation::db::api_keys::revoke(&mut conn, &revoked_id)
+        .await
+        .unwrap();
+    let unknown = keys::generate().unwrap().token;
+    // A real key's id with a secret that is not its own.
+    let id = keys::parse(&identify).unwrap().id.to_owned();
+    let wrong_secret = format!("irk_{id}_{}", "0".repeat(64));
+    Credentials {
+        identify,
+        read,
+        revoked,
+        unknown,
+        wrong_secret,
+    }
+}
+
+/// Every way to fail authentication, as the `Authorization` header sent.
+fn refused(credentials: &Credentials) -> Vec<(&'static str, Option<String>)> {
+    vec![
+        ("no header", None),
+        ("not bearer", Some("Basic dXNlcjpwYXNz".to_owned())),
+        ("empty bearer", Some("Bearer ".to_owned())),
+        ("not a key", Some("Bearer hunter2".to_owned())),
+        (
+            "alg none JWT",
+            Some("Bearer eyJhbGciOiJub25lIn0.eyJzY29wZSI6InJlYWQifQ.".to_owned()),
+        ),
+        (
+            "unknown key",
+            Some(format!("Bearer {}", credentials.unknown)),
+        ),
+        (
+            "wrong secret",
+            Some(format!("Bearer {}", credentials.wrong_secret)),
+        ),
+        (
+            "revoked key",
+            Some(format!("Bearer {}", credentials.revoked)),
+        ),
+    ]
+}
+
+async fn post_identify_as(
+    app: &TestApp,
+    authorization: Option<&str>,
+    phone: &str,
+) -> reqwest::Response {
+    let mut request = app
+        .client
+        .post(app.url("/identify"))
+        .json(&json!({"phoneNumber": phone}));
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    request.send().await.unwrap()
+}
+
+async fn graphql_as(app: &TestApp, authorization: Option<&str>, query: &str) -> Value {
+    let mut request = app
+        .client
+        .post(app.url("/graphql"))
+        .json(&json!({"query": query}));
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+fn code(response: &Value, index: usize) -> &str {
+    response["errors"][index]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code in {response}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_identify_needs_a_key_with_the_identify_scope() {
+    let app = spawn_app_with(&["--auth-mode", "required", "--auth-cache-secs", "0"]).await;
+    let credentials = credentials(&app).await;
+    for (case, authorization) in refused(&credentials) {
+        let response = post_identify_as(&app, authorization.as_deref(), "1").await;
+        assert_eq!(response.status(), 401, "{case}");
+        let challenge = response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(challenge.starts_with("Bearer"), "{case}: {challenge}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "UNAUTHENTICATED", "{case}");
+    }
+    let read_only = format!("Bearer {}", credentials.read);
+    let response = post_identify_as(&app, Some(&read_only), "1").await;
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "FORBIDDEN");
+    assert_eq!(app.row_count().await, 0, "a refused request wrote");
+
+    let allowed = format!("Bearer {}", credentials.identify);
+    let response = post_identify_as(&app, Some(&allowed), "1").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.row_count().await, 1);
+    // Probes, the OpenAPI document and the GraphiQL page stay open.
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/graphql",
+        "/metrics",
+    ] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_fields_are_guarded_one_by_one() {
+    let app = spawn_app_with(&["--auth-mode", "required", "--auth-cache-secs", "0"]).await;
+    let credentials = credentials(&app).await;
+    let identify_key = format!("Bearer {}", credentials.identify);
+    let read_key = format!("Bearer {}", credentials.read);
+    app.identify_as(&identify_key, "a@x.io", "1").await;
+
+    let reads = [
+        "{ __typename contact(id: 1) { email } }",
+        "{ __typename contacts { nodes { email } } }",
+        "{ __typename identity(email: \"a@x.io\") { emails } }",
+    ];
+    let write = "mutation { __typename identify(input: {phoneNumber: \"2\"}) { emails } }";
+    for (case, authorization) in refused(&credentials) {
+        for query in reads.iter().chain([&write]) {
+            let response = graphql_as(&app, authorization.as_deref(), query).await;
+            assert_eq!(
+                code(&response, 0),
+                "UNAUTHENTICATED",
+                "{case}: {query}: {response}"
+            );
+            assert!(
+                !response.to_string().contains("a@x.io"),
+                "{case}: {response}"
+            );
+            // The other fields of the operation still resolve, unless the refused
+            // field is non-null (`contacts`, `identify`): then, as GraphQL requires,
+            // its null takes `data` with it.
+            let non_null_root = query.contains("contacts") || query.contains("identify(");
+            if non_null_root {
+                assert!(response["data"].is_null(), "{case}: {response}");
+            } else {
+                assert!(
+                    response["data"]["__typename"].is_string(),
+                    "{case}: {response}"
+                );
+            }
+        }
+    }
+    // Right credential, wrong scope: FORBIDDEN and no data; right scope: the data.
+    for query in reads {
+        let response = graphql_as(&app, Some(&identify_key), query).await;
+        assert_eq!(code(&response, 0), "FORBIDDEN", "{query}: {response}");
+        assert!(!response.to_string().contains("a@x.io"), "{response}");
+        let response = graphql_as(&app, Some(&read_key), query).await;
+        assert!(response.get("errors").is_none(), "{query}: {response}");
+        assert!(
+            response.to_string().contains("a@x.io"),
+            "{query}: {response}"
+        );
+    }
+    let response = graphql_as(&app, Some(&read_key), write).await;
+    assert_eq!(code(&response, 0), "FORBIDDEN", "{response}");
+    let response = graphql_as(&app, Some(&identify_key), write).await;
+    assert!(response.get("errors").is_none(), "{response}");
+    assert_eq!(app.row_count().await, 2, "only the allowed identify wrote");
+}
+
+impl TestApp {
+    async fn identify_as(&self, authorization: &str, email: &str, phone: &str) {
+        let response = self
+            .client
+            .post(self.url("/identify"))
+            .header("authorization", authorization)
+            .json(&json!({"email": email, "phoneNumber": phone}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_needs_a_principal_and_can_be_turned_off() {
+    let schema = "{ __schema { queryType { name } } }";
+    let app = spawn_app_with(&["--auth-mode", "required", "--auth-cache-secs", "0"]).await;
+    let credentials = credentials(&app).await;
+    let response = graphql_as(&app, None, schema).await;
+    assert!(response["data"]["__schema"].is_null(), "{response}");
+    let key = format!("Bearer {}", credentials.identify);
+    let response = graphql_as(&app, Some(&key), schema).await;
+    assert_eq!(response["data"]["__schema"]["queryType"]["name"], "Query");
+
+    let app = spawn_app_with(&["--auth-mode", "required", "--introspection", "off"]).await;
+    let credentials = self::credentials(&app).await;
+    let key = format!("Bearer {}", credentials.identify);
+    let response = graphql_as(&app, Some(&key), schema).await;
+    assert!(response["data"]["__schema"].is_null(), "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_mode_requires_keys_once_one_exists() {
+    let app = spawn_app_with(&["--auth-cache-secs", "0"]).await;
+    // No key: the zero-setup server on loopback serves everyone.
+    assert_eq!(post_identify_as(&app, None, "1").await.status(), 200);
+    let mut conn = app.connection().await;
+    let (_, key) = auth::create_key(&mut conn, "first", &[Scope::Identify])
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(post_identify_as(&app, None, "2").await.status(), 401);
+    let key = format!("Bearer {key}");
+    assert_eq!(post_identify_as(&app, Some(&key), "2").await.status(), 200);
+
+    let app = spawn_app_with(&["--auth-mode", "off", "--auth-cache-secs", "0"]).await;
+    credentials(&app).await;
+    assert_eq!(
+        post_identify_as(&app, None, "1").await.status(),
+        200,
+        "off means off"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_stored_only_as_hashes() {
+    let app = spawn_app_with(&["--auth-mode", "required"]).await;
+    let mut conn = app.connection().await;
+    let (id, key) = auth::create_key(&mut conn, "stored", &[Scope::Read])
+        .await
+        .unwrap();
+    drop(conn);
+    let secret = keys::parse(&key).unwrap().secret.to_owned();
+    let rows = app
+        .query_json("SELECT row_to_json(api_keys)::text AS json FROM api_keys")
+        .await;
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert!(!row.contains(&secret), "the secret is stored: {row}");
+    let stored: Value = serde_json::from_str(row).unwrap();
+    assert_eq!(stored["id"], id);
+    assert_eq!(stored["secret_sha256"], keys::secret_sha256(&secret));
+    assert_eq!(stored["scopes"], json!(["read"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_principal_has_a_rate_limit_of_its_own() {
+    let app = spawn_app_with(&[
+        "--auth-mode",
+        "required",
+        "--rate-limit-per-second",
+        "0.01",
+        "--rate-limit-burst",
+        "1",
+    ])
+    .await;
+    let mut conn = app.connection().await;
+    let (_, first) = auth::create_key(&mut conn, "a", &[Scope::Identify])
+        .await
+        .unwrap();
+    let (_, second) = auth::create_key(&mut conn, "b", &[Scope::Identify])
+        .await
+        .unwrap();
+    drop(conn);
+    let (first, second) = (format!("Bearer {first}"), format!("Bearer {second}"));
+    assert_eq!(
+        post_identify_as(&app, Some(&first), "1").await.status(),
+        200
+    );
+    assert_eq!(
+        post_identify_as(&app, Some(&first), "2").await.status(),
+        429
+    );
+    // Same address, another principal: a bucket of its own.
+    assert_eq!(
+        post_identify_as(&app, Some(&second), "3").await.status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_a_token() {
+    let app = spawn_app_with(&["--metrics-token", "scrape-me"]).await;
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("scrape-me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("auth_failures_total")
+    );
+}
+
+fn server(args: &[&str], database_url: &str) -> std::process::Output {
+    Command::new(SERVER_BINARY)
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_refuses_to_serve_anonymously_off_loopback() {
+    let database = TestDatabase::create().await;
+    let output = server(&["--host", "0.0.0.0", "--port", "0"], &database.url);
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("--allow-anonymous"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_lists_and_revokes_keys_and_revocation_reaches_a_running_server() {
+    let database = TestDatabase::create().await;
+    let created = server(
+        &[
+            "keys",
+            "create",
+            "--name",
+            "ci job",
+            "--scopes",
+            "identify,read",
+        ],
+        &database.url,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let stdout = String::from_utf8(created.stdout).unwrap();
+    let key = stdout.lines().last().unwrap().trim().to_owned();
+    let parsed = keys::parse(&key).expect("the last line is the key, alone");
+    let (id, secret) = (parsed.id.to_owned(), parsed.secret.to_owned());
+
+    let listed = server(&["keys", "list"], &database.url);
+    let listing = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        listing.contains(&id) && listing.contains("ci job"),
+        "{listing}"
+    );
+    assert!(!listing.contains(&secret), "{listing}");
+
+    let bad = server(
+        &["keys", "create", "--name", "x", "--scopes", "root"],
+        &database.url,
+    );
+    assert!(!bad.status.success());
+
+    // A server process trusts a verified key for at most its cache time.
+    let running = ServerProcess::start_with(
+        &database.url,
+        0,
+        &["--auth-mode", "required", "--auth-cache-secs", "2"],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let call = |authorization: String| {
+        let request = client
+            .post(running.url("/identify"))
+            .header("authorization", authorization)
+            .json(&json!({"phoneNumber": "123"}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(call(format!("Bearer {key}")).await, 200);
+    assert_eq!(
+        call(format!("Bearer irk_{id}_{}", "f".repeat(64))).await,
+        401
+    );
+
+    let revoked = server(&["keys", "revoke", &id], &database.url);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let revoked_at = Instant::now();
+    while call(format!("Bearer {key}")).await != 401 {
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "the revoked key still works after the 2 s cache time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !server(&["keys", "revoke", "0123456789abcdef"], &database.url)
+            .status
+            .success()
+    );
+
+    // Neither the key nor its secret ever reached a log line; the audit line did.
+    let logs = running.logs.lock().unwrap().join("\n");
+    assert!(!logs.contains(&secret), "a secret was logged");
+    assert!(
+        logs.contains(&format!("key:{id}")),
+        "no audit line names the key: {logs}"
+    );
+    assert!(logs.contains("contact data read"), "{logs}");
+}
