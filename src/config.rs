@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::AuthMode;
+use crate::auth::jwt::{JwtSettings, KeySource};
 use crate::db::PoolSettings;
 use crate::server::{ConnectionLimits, effective_max_connections};
 
@@ -216,6 +217,27 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=30), global = true)]
     pub auth_cache_secs: u64,
 
+    /// HS256 secret for JWTs signed by your sign-in service (at least 32 bytes).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// A JWKS file with the identity provider's RS256/ES256 keys.
+    #[arg(long, env = "JWT_JWKS_FILE", global = true)]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// The identity provider's JWKS URL, read at start and again (at most once a
+    /// minute) when a token names a key it does not hold.
+    #[arg(long, env = "JWT_JWKS_URL", global = true)]
+    pub jwt_jwks_url: Option<String>,
+
+    /// The `iss` every JWT must carry (required with JWTs).
+    #[arg(long, env = "JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// The `aud` every JWT must carry (required with JWTs).
+    #[arg(long, env = "JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+
     /// A bearer token `/metrics` requires; unset leaves it open.
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true, global = true)]
     pub metrics_token: Option<Secret>,
@@ -245,6 +267,46 @@ impl Config {
             idle_timeout: Duration::from_secs(self.http_idle_timeout_secs.max(1)),
             max_connections: effective_max_connections(self.max_connections, self.pool_size),
         }
+    }
+
+    /// The JWT settings: `None` when no key source is given; an error when they are
+    /// incomplete or ambiguous, so a half-configured server does not start.
+    pub fn jwt_settings(&self) -> Result<Option<JwtSettings>, String> {
+        let mut sources = Vec::new();
+        if let Some(secret) = &self.jwt_secret {
+            if secret.expose().len() < 32 {
+                return Err("JWT_SECRET must be at least 32 bytes long".to_owned());
+            }
+            sources.push(KeySource::Secret(secret.clone()));
+        }
+        if let Some(path) = &self.jwt_jwks_file {
+            sources.push(KeySource::JwksFile(path.clone()));
+        }
+        if let Some(url) = &self.jwt_jwks_url {
+            sources.push(KeySource::JwksUrl(url.clone()));
+        }
+        let source = match sources.len() {
+            0 => return Ok(None),
+            1 => sources.remove(0),
+            _ => {
+                return Err(
+                    "give one of JWT_SECRET, JWT_JWKS_FILE and JWT_JWKS_URL, not several"
+                        .to_owned(),
+                );
+            }
+        };
+        let (Some(issuer), Some(audience)) = (&self.jwt_issuer, &self.jwt_audience) else {
+            return Err(
+                "JWTs need JWT_ISSUER and JWT_AUDIENCE: a token for another site or \
+                 service must not be accepted here"
+                    .to_owned(),
+            );
+        };
+        Ok(Some(JwtSettings {
+            source,
+            issuer: issuer.clone(),
+            audience: audience.clone(),
+        }))
     }
 
     pub fn auth_cache(&self) -> Duration {

@@ -113,7 +113,13 @@ async fn run_async(command: Command, config: Config) -> Result<ExitCode, String>
         Command::Keys { action } => return keys(&pool, action).await,
         _ => {}
     }
+    config.jwt_settings()?;
     let state = app::AppState::new(pool.clone(), statements, config.clone());
+    if let Some(jwt) = state.auth.jwt() {
+        jwt.preload()
+            .await
+            .map_err(|err| format!("could not read the JWT keys: {err}"))?;
+    }
     announce_access(&state, &config).await?;
     let (listener, address) = app::bind(&config)
         .await
@@ -137,7 +143,8 @@ async fn announce_access(state: &app::AppState, config: &Config) -> Result<(), S
         ),
         (_, true) => tracing::info!(
             mode = %state.auth.mode(),
-            "authentication required: callers send Authorization: Bearer <API key>"
+            jwt = state.auth.jwt().is_some(),
+            "authentication required: callers send Authorization: Bearer <API key or JWT>"
         ),
         (_, false) if config.host.is_loopback() || config.allow_anonymous => tracing::info!(
             "no API key exists: anonymous callers get every scope (create one with \

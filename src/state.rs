@@ -35,7 +35,13 @@ impl AppState {
             statements,
             metrics: Arc::new(Metrics::default()),
             rate_limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
-            auth: Authenticator::new(pool.clone(), config.auth_mode, config.auth_cache()),
+            // main refuses to start on invalid JWT settings; tests pass valid ones.
+            auth: Authenticator::new(
+                pool.clone(),
+                config.auth_mode,
+                config.auth_cache(),
+                config.jwt_settings().ok().flatten(),
+            ),
             config,
         }))
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Bytes;
-use hyper::header::CONTENT_TYPE;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -229,10 +229,12 @@ pub struct IdentifyClient {
     http: Client<HttpConnector, Full<Bytes>>,
     api: Api,
     timeout: Duration,
+    /// `Bearer <credential>`, sent with every request when the server needs one.
+    authorization: Option<String>,
 }
 
 impl IdentifyClient {
-    pub fn new(api: Api, timeout: Duration, connections: usize) -> Self {
+    pub fn new(api: Api, timeout: Duration, connections: usize, credential: Option<&str>) -> Self {
         let mut connector = HttpConnector::new();
         // Small requests on a reused connection: Nagle's algorithm would only add
         // delay to what is meant to measure the server.
@@ -240,7 +242,12 @@ impl IdentifyClient {
         let http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(connections)
             .build(connector);
-        Self { http, api, timeout }
+        Self {
+            http,
+            api,
+            timeout,
+            authorization: credential.map(|credential| format!("Bearer {credential}")),
+        }
     }
 
     pub fn api(&self) -> Api {
@@ -271,9 +278,11 @@ impl IdentifyClient {
                 "variables": { "e": email, "p": phone },
             }),
         };
-        let request = Request::post(endpoint.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())));
+        let mut request = Request::post(endpoint.clone()).header(CONTENT_TYPE, "application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization);
+        }
+        let request = request.body(Full::new(Bytes::from(body.to_string())));
         let request = match request {
             Ok(request) => request,
             Err(err) => return Reply::failed(Failure::new(ErrorKind::Protocol, err.to_string())),

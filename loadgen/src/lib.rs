@@ -142,6 +142,10 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
 
+    /// API key or JWT sent as `Authorization: Bearer …` with every request
+    #[arg(long, env = "LOADGEN_CREDENTIAL", hide_env_values = true)]
+    credential: Option<String>,
+
     /// Seconds between progress lines on stderr; 0 turns them off
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
     progress: Duration,
@@ -265,6 +269,7 @@ async fn run(args: Args) -> Result<Verdict, String> {
         args.api,
         Duration::from_millis(args.timeout_ms),
         connections,
+        args.credential.as_deref(),
     );
     // Installed only now: until the load starts, Ctrl-C should simply end the program.
     let mut interrupts = run::interrupts();

@@ -2,7 +2,9 @@
 //! keys verified against the database through a short-lived cache, and the mode
 //! that decides whether a credential is needed at all.
 
+pub mod jwt;
 pub mod keys;
+pub mod mask;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,6 +22,9 @@ use crate::db::{DbError, DbPool, api_keys};
 pub enum Scope {
     /// `POST /identify` and the `identify` mutation.
     Identify,
+    /// `identify` with its answer's emails and phones masked (`l*****e@x.io`,
+    /// `****56`): for callers such as a browser checkout.
+    IdentifyMasked,
     /// Every field that returns contact data.
     Read,
     /// Key management and repairs.
@@ -27,11 +32,17 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Identify, Scope::Read, Scope::Admin];
+    pub const ALL: [Scope; 4] = [
+        Scope::Identify,
+        Scope::IdentifyMasked,
+        Scope::Read,
+        Scope::Admin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Identify => "identify",
+            Scope::IdentifyMasked => "identify:masked",
             Scope::Read => "read",
             Scope::Admin => "admin",
         }
@@ -112,17 +123,23 @@ pub enum AuthFailure {
     UnknownKey,
     RevokedKey,
     WrongSecret,
-    /// The keys could not be read: the database is down.
+    /// A JWT past its `exp` (or before its `nbf`).
+    ExpiredToken,
+    /// A JWT with a bad signature, issuer, audience or algorithm.
+    InvalidToken,
+    /// The keys could not be read: the database or the JWKS is unreachable.
     Unavailable,
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 6] = [
+    pub const ALL: [AuthFailure; 8] = [
         AuthFailure::Missing,
         AuthFailure::Malformed,
         AuthFailure::UnknownKey,
         AuthFailure::RevokedKey,
         AuthFailure::WrongSecret,
+        AuthFailure::ExpiredToken,
+        AuthFailure::InvalidToken,
         AuthFailure::Unavailable,
     ];
 
@@ -133,6 +150,8 @@ impl AuthFailure {
             AuthFailure::UnknownKey => "unknown_key",
             AuthFailure::RevokedKey => "revoked_key",
             AuthFailure::WrongSecret => "wrong_secret",
+            AuthFailure::ExpiredToken => "expired_token",
+            AuthFailure::InvalidToken => "invalid_token",
             AuthFailure::Unavailable => "unavailable",
         }
     }
@@ -140,13 +159,17 @@ impl AuthFailure {
     /// What the client is told: enough to fix its request, nothing about keys.
     pub fn message(self) -> &'static str {
         match self {
-            AuthFailure::Missing => "authentication required: send Authorization: Bearer <key>",
+            AuthFailure::Missing => {
+                "authentication required: send Authorization: Bearer <API key or JWT>"
+            }
+            AuthFailure::ExpiredToken => "the token has expired or is not valid yet",
             AuthFailure::Malformed => {
                 "the Authorization header is not a bearer credential this service issues"
             }
-            AuthFailure::UnknownKey | AuthFailure::RevokedKey | AuthFailure::WrongSecret => {
-                "the credential is not valid"
-            }
+            AuthFailure::UnknownKey
+            | AuthFailure::RevokedKey
+            | AuthFailure::WrongSecret
+            | AuthFailure::InvalidToken => "the credential is not valid",
             AuthFailure::Unavailable => {
                 "credentials cannot be checked right now; try again shortly"
             }
@@ -159,6 +182,13 @@ impl AuthFailure {
 pub enum Authentication {
     Principal(Principal),
     Failed(AuthFailure),
+}
+
+/// Whether emails and phones in an answer are masked for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Masking {
+    None,
+    Values,
 }
 
 /// Why a principal may not do something.
@@ -177,6 +207,18 @@ impl Authentication {
                 Ok(principal)
             }
             Authentication::Principal(_) => Err(Denied::Forbidden(scope)),
+        }
+    }
+
+    /// How an `identify` answer may be shown to this caller: whole with the
+    /// `identify` scope, masked with `identify:masked` alone.
+    pub fn identify_access(&self) -> Result<Masking, Denied> {
+        match self.require(Scope::Identify) {
+            Ok(_) => Ok(Masking::None),
+            Err(Denied::Forbidden(_)) if self.require(Scope::IdentifyMasked).is_ok() => {
+                Ok(Masking::Values)
+            }
+            Err(denied) => Err(denied),
         }
     }
 
@@ -245,6 +287,7 @@ pub struct Authenticator {
     keys_checked: Mutex<Option<Instant>>,
     cache: Mutex<HashMap<String, CachedKey>>,
     touched: Mutex<HashMap<String, Instant>>,
+    jwt: Option<jwt::JwtVerifier>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -257,7 +300,12 @@ impl fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(pool: DbPool, mode: AuthMode, cache_for: Duration) -> Self {
+    pub fn new(
+        pool: DbPool,
+        mode: AuthMode,
+        cache_for: Duration,
+        jwt: Option<jwt::JwtSettings>,
+    ) -> Self {
         Self {
             pool,
             mode,
@@ -266,7 +314,13 @@ impl Authenticator {
             keys_checked: Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashMap::new()),
+            jwt: jwt.map(jwt::JwtVerifier::new),
         }
+    }
+
+    /// The JWT verifier, when JWTs are configured.
+    pub fn jwt(&self) -> Option<&jwt::JwtVerifier> {
+        self.jwt.as_ref()
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -278,7 +332,7 @@ impl Authenticator {
         match self.mode {
             AuthMode::Off => false,
             AuthMode::Required => true,
-            AuthMode::Auto => self.keys_exist().await,
+            AuthMode::Auto => self.jwt.is_some() || self.keys_exist().await,
         }
     }
 
@@ -312,7 +366,15 @@ impl Authenticator {
             return Authentication::Failed(AuthFailure::Malformed);
         };
         let Some(presented) = keys::parse(token) else {
-            return Authentication::Failed(AuthFailure::Malformed);
+            return match &self.jwt {
+                Some(verifier) if jwt::looks_like_jwt(token) => {
+                    match verifier.verify(token).await {
+                        Ok(principal) => Authentication::Principal(principal),
+                        Err(failure) => Authentication::Failed(failure),
+                    }
+                }
+                _ => Authentication::Failed(AuthFailure::Malformed),
+            };
         };
         let key = match self.key(presented.id).await {
             Ok(Some(key)) => key,

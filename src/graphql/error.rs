@@ -101,6 +101,34 @@ impl async_graphql::Guard for RequireScope {
     }
 }
 
+/// `identify`: the `identify` scope, or `identify:masked` for masked answers.
+pub struct RequireIdentify;
+
+impl async_graphql::Guard for RequireIdentify {
+    async fn check(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<()> {
+        match ctx.data_opt::<Authentication>() {
+            Some(authentication) => authentication
+                .identify_access()
+                .map(drop)
+                .map_err(Into::into),
+            None => Err(Denied::Unauthenticated(AuthFailure::Missing).into()),
+        }
+    }
+}
+
+/// Present in a request's data when its emails and phones must be masked: the
+/// caller holds `identify:masked` and neither `identify` nor `read`.
+pub struct MaskValues;
+
+/// `value` as this request may show it.
+pub fn shown(ctx: &async_graphql::Context<'_>, value: &str, mask: fn(&str) -> String) -> String {
+    if ctx.data_opt::<MaskValues>().is_some() {
+        mask(value)
+    } else {
+        value.to_owned()
+    }
+}
+
 /// The error a loader hands every field that waited on it: cheap to clone.
 #[derive(Debug, Clone)]
 pub struct LoadError(pub Arc<DbError>);

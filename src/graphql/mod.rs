@@ -27,7 +27,7 @@ pub use loaders::{ContactLoader, MembersLoader};
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 
-use crate::auth::{AuthFailure, Authentication};
+use crate::auth::{AuthFailure, Authentication, Masking, Scope};
 use crate::config::Switch;
 use crate::error::ApiError;
 use crate::middleware::{RateLimitClient, rate_limited};
@@ -125,6 +125,11 @@ async fn execute(
         // The schema is no secret worth a credential to anyone who has one, and no
         // map for anyone who has not.
         request = request.disable_introspection();
+    }
+    let masked = matches!(authentication.identify_access(), Ok(Masking::Values))
+        && authentication.require(Scope::Read).is_err();
+    if masked {
+        request = request.data(error::MaskValues);
     }
     let request = request
         .data(authentication)

@@ -2,9 +2,8 @@
 
 use async_graphql::{Context, InputObject, Object, Result};
 
-use super::error::RequireScope;
+use super::error::RequireIdentify;
 use super::types::IdentityNode;
-use crate::auth::Scope;
 use crate::domain::IdentifyRequest;
 use crate::service;
 use crate::state::AppState;
@@ -25,7 +24,7 @@ pub struct IdentifyInput {
 impl MutationRoot {
     /// Links the order's contact details into one identity (creating, extending or
     /// merging identities as needed) and returns it.
-    #[graphql(guard = "RequireScope(Scope::Identify)")]
+    #[graphql(guard = "RequireIdentify")]
     async fn identify(&self, ctx: &Context<'_>, input: IdentifyInput) -> Result<IdentityNode> {
         let request =
             IdentifyRequest::parse(input.email.as_deref(), input.phone_number.as_deref())?;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::auth::{AuthFailure, Authentication, Scope};
+use crate::auth::{self, AuthFailure, Authentication, Masking};
 use crate::domain::{Email, Field, IdentifyRequest, Identity, InputError, Phone};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
@@ -75,6 +75,18 @@ pub struct IdentityBody {
     pub secondary_contact_ids: Vec<i32>,
 }
 
+impl IdentityBody {
+    /// Masks every email and phone; the ids stay exact.
+    fn mask(&mut self) {
+        for email in &mut self.emails {
+            *email = auth::mask::email(email);
+        }
+        for phone in &mut self.phone_numbers {
+            *phone = auth::mask::phone(phone);
+        }
+    }
+}
+
 impl From<Identity> for IdentifyResponse {
     fn from(identity: Identity) -> Self {
         Self {
@@ -107,7 +119,7 @@ impl From<Identity> for IdentifyResponse {
         (status = 400, description = "Invalid input; `field` names the culprit", body = ErrorBody),
         (status = 401, description = "No valid credential; see WWW-Authenticate", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 403, description = "The credential lacks the identify scope", body = ErrorBody),
+        (status = 403, description = "The credential lacks the identify (or identify:masked) scope", body = ErrorBody),
         (status = 413, description = "Body larger than the limit", body = ErrorBody),
         (status = 415, description = "Body not sent as JSON", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody,
@@ -126,8 +138,10 @@ pub async fn identify(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IdentifyResponse>, ApiError> {
     // Before anything is read: a refused caller learns nothing and writes nothing.
-    let authentication = authentication.map(|Extension(authentication)| authentication);
-    authorize(authentication.as_ref(), Scope::Identify)?;
+    let authentication = authentication
+        .map(|Extension(authentication)| authentication)
+        .unwrap_or(Authentication::Failed(AuthFailure::Missing));
+    let masking = authentication.identify_access()?;
     if !is_json(&headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
@@ -146,22 +160,16 @@ pub async fn identify(
     let request = parse_body(&body)?;
     let identified = service::identify(&state.pool, request).await?;
     state.record_identified(&identified);
-    crate::auth::audit_read(
-        authentication
-            .as_ref()
-            .map_or("unauthenticated", Authentication::name),
+    auth::audit_read(
+        authentication.name(),
         "identify",
         identified.identity.contacts.len(),
     );
-    Ok(Json(identified.identity.into()))
-}
-
-/// The caller's principal if it holds `scope`. A request that did not go through
-/// authentication (a router built without it) is refused, not let through.
-pub fn authorize(authentication: Option<&Authentication>, scope: Scope) -> Result<(), ApiError> {
-    let authentication = authentication.ok_or(ApiError::Unauthenticated(AuthFailure::Missing))?;
-    authentication.require(scope)?;
-    Ok(())
+    let mut answer = IdentifyResponse::from(identified.identity);
+    if masking == Masking::Values {
+        answer.contact.mask();
+    }
+    Ok(Json(answer))
 }
 
 /// `application/json`, or any `application/*+json`, with or without parameters.

@@ -436,3 +436,276 @@ async fn the_cli_creates_lists_and_revokes_keys_and_revocation_reaches_a_running
     );
     assert!(logs.contains("contact data read"), "{logs}");
 }
+
+// --- JWT ---
+
+const ISSUER: &str = "https://id.example.test";
+const AUDIENCE: &str = "identity-api";
+const SHARED_SECRET: &str = "a shared secret that is long enough!!";
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn hs256(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn claims(scope: &str) -> Value {
+    json!({"sub": "user-42", "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 300, "scope": scope})
+}
+
+/// An ES256 key pair: the signing key and its public JWK.
+struct EcKey {
+    signing: jsonwebtoken::EncodingKey,
+    jwk: Value,
+}
+
+fn ec_key(kid: &str) -> EcKey {
+    use p256::pkcs8::EncodePrivateKey;
+    let mut bytes = [0u8; 32];
+    let secret = loop {
+        getrandom::fill(&mut bytes).unwrap();
+        if let Ok(secret) = p256::SecretKey::from_slice(&bytes) {
+            break secret;
+        }
+    };
+    let der = secret.to_pkcs8_der().unwrap();
+    let mut jwk: Value = serde_json::from_str(&secret.public_key().to_jwk_string()).unwrap();
+    jwk["kid"] = json!(kid);
+    jwk["alg"] = json!("ES256");
+    jwk["use"] = json!("sig");
+    EcKey {
+        signing: jsonwebtoken::EncodingKey::from_ec_der(der.as_bytes()),
+        jwk,
+    }
+}
+
+fn es256(claims: &Value, key: &EcKey, kid: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, &key.signing).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hs256_tokens_with_scopes_and_every_way_a_token_is_refused() {
+    let app = spawn_app_with(&[
+        "--jwt-secret",
+        SHARED_SECRET,
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audience",
+        AUDIENCE,
+    ])
+    .await;
+    // JWTs configured: auto mode requires credentials even with no key.
+    assert_eq!(post_identify_as(&app, None, "1").await.status(), 401);
+
+    let mut expired = claims("identify read");
+    expired["exp"] = json!(now() - 600);
+    let mut wrong_audience = claims("identify read");
+    wrong_audience["aud"] = json!("another-service");
+    let mut wrong_issuer = claims("identify read");
+    wrong_issuer["iss"] = json!("https://evil.example.test");
+    let refused = [
+        ("expired", hs256(&expired, SHARED_SECRET)),
+        ("wrong audience", hs256(&wrong_audience, SHARED_SECRET)),
+        ("wrong issuer", hs256(&wrong_issuer, SHARED_SECRET)),
+        (
+            "bad signature",
+            hs256(&claims("identify read"), "not the secret at all, but long"),
+        ),
+        (
+            "alg none",
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4In0.".to_owned(),
+        ),
+    ];
+    for (case, token) in &refused {
+        let authorization = format!("Bearer {token}");
+        let response = post_identify_as(&app, Some(&authorization), "1").await;
+        assert_eq!(response.status(), 401, "{case}");
+        let response = graphql_as(&app, Some(&authorization), "{ contact(id: 1) { id } }").await;
+        assert_eq!(code(&response, 0), "UNAUTHENTICATED", "{case}: {response}");
+    }
+    assert_eq!(app.row_count().await, 0);
+
+    let identify_only = format!("Bearer {}", hs256(&claims("identify"), SHARED_SECRET));
+    assert_eq!(
+        post_identify_as(&app, Some(&identify_only), "1")
+            .await
+            .status(),
+        200
+    );
+    let response = graphql_as(
+        &app,
+        Some(&identify_only),
+        "{ contacts { nodes { email } } }",
+    )
+    .await;
+    assert_eq!(code(&response, 0), "FORBIDDEN");
+    // `scp` as a list works too.
+    let mut scp = claims("");
+    scp.as_object_mut().unwrap().remove("scope");
+    scp["scp"] = json!(["read"]);
+    let reader = format!("Bearer {}", hs256(&scp, SHARED_SECRET));
+    let response = graphql_as(
+        &app,
+        Some(&reader),
+        "{ contacts { nodes { phoneNumber } } }",
+    )
+    .await;
+    assert_eq!(
+        response["data"]["contacts"]["nodes"][0]["phoneNumber"], "1",
+        "{response}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es256_tokens_verify_against_a_jwks_file_and_url() {
+    let key = ec_key("k1");
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, json!({"keys": [key.jwk]}).to_string()).unwrap();
+    let app = spawn_app_with(&[
+        "--jwt-jwks-file",
+        jwks_file.to_str().unwrap(),
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audience",
+        AUDIENCE,
+    ])
+    .await;
+    let good = format!("Bearer {}", es256(&claims("identify"), &key, "k1"));
+    assert_eq!(post_identify_as(&app, Some(&good), "1").await.status(), 200);
+    let stranger = ec_key("k1");
+    let forged = format!("Bearer {}", es256(&claims("identify"), &stranger, "k1"));
+    assert_eq!(
+        post_identify_as(&app, Some(&forged), "2").await.status(),
+        401
+    );
+    // An HS256 token signed with the public key as secret (algorithm confusion).
+    let confused = hs256(&claims("identify"), &key.jwk.to_string());
+    assert_eq!(
+        post_identify_as(&app, Some(&format!("Bearer {confused}")), "3")
+            .await
+            .status(),
+        401
+    );
+
+    // From a URL: a key added at the provider is picked up when a token names it.
+    let served = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": [key.jwk]})));
+    let (url, _server) = jwks_server(served.clone()).await;
+    let app = spawn_app_with(&[
+        "--jwt-jwks-url",
+        &url,
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audience",
+        AUDIENCE,
+    ])
+    .await;
+    assert_eq!(post_identify_as(&app, Some(&good), "4").await.status(), 200);
+    let rotated = ec_key("k2");
+    served.lock().unwrap()["keys"] = json!([key.jwk, rotated.jwk]);
+    let new_key_token = format!("Bearer {}", es256(&claims("identify"), &rotated, "k2"));
+    assert_eq!(
+        post_identify_as(&app, Some(&new_key_token), "5")
+            .await
+            .status(),
+        200
+    );
+}
+
+/// A JWKS endpoint on loopback serving whatever `keys` holds.
+async fn jwks_server(
+    keys: std::sync::Arc<std::sync::Mutex<Value>>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    let router = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let keys = keys.lock().unwrap().clone();
+            async move { axum::Json(keys) }
+        }),
+    );
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    (url, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masked_callers_see_masked_values_and_exact_ids() {
+    let app = spawn_app_with(&["--auth-mode", "required"]).await;
+    let mut conn = app.connection().await;
+    let (_, full) = auth::create_key(&mut conn, "server", &[Scope::Identify])
+        .await
+        .unwrap();
+    let (_, masked) = auth::create_key(&mut conn, "browser", &[Scope::IdentifyMasked])
+        .await
+        .unwrap();
+    drop(conn);
+    let full = format!("Bearer {full}");
+    let masked = format!("Bearer {masked}");
+    app.identify_as(&full, "lorraine@hillvalley.edu", "123456")
+        .await;
+
+    let response = app
+        .client
+        .post(app.url("/identify"))
+        .header("authorization", &masked)
+        .json(&json!({"email": "mcfly@hillvalley.edu", "phoneNumber": "123456"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["contact"]["emails"],
+        json!(["l******e@hillvalley.edu", "m***y@hillvalley.edu"])
+    );
+    assert_eq!(body["contact"]["phoneNumbers"], json!(["****56"]));
+    assert_eq!(body["contact"]["primaryContactId"], 1);
+    assert_eq!(body["contact"]["secondaryContactIds"], json!([2]));
+
+    let query = "mutation { identify(input: {phoneNumber: \"123456\"}) {
+        primaryContactId emails phoneNumbers
+        contacts { nodes { id email phoneNumber identity { emails } } } } }";
+    let response = graphql_as(&app, Some(&masked), query).await;
+    assert!(response.get("errors").is_none(), "{response}");
+    let text = response.to_string();
+    assert!(
+        !text.contains("lorraine") && !text.contains("mcfly"),
+        "{text}"
+    );
+    assert!(!text.contains("\"123456\""), "{text}");
+    assert_eq!(response["data"]["identify"]["primaryContactId"], 1);
+    // Masked callers read nothing else.
+    let response = graphql_as(&app, Some(&masked), "{ contact(id: 1) { email } }").await;
+    assert_eq!(code(&response, 0), "FORBIDDEN");
+    // The full scope still sees the values.
+    let response = graphql_as(&app, Some(&full), query).await;
+    assert!(response.to_string().contains("lorraine@hillvalley.edu"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_configured_jwt_refuses_to_start() {
+    let database = TestDatabase::create().await;
+    let output = server(
+        &["--jwt-secret", SHARED_SECRET, "--port", "0"],
+        &database.url,
+    );
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("JWT_ISSUER"), "{log}");
+    assert!(!log.contains(SHARED_SECRET), "the secret was logged: {log}");
+}

@@ -3,8 +3,9 @@ use async_graphql::{Context, Enum, Object, Result};
 use chrono::{DateTime, Utc};
 
 use super::IdentityNode;
+use crate::auth::mask;
 use crate::domain::Contact;
-use crate::graphql::error::ErrorCode;
+use crate::graphql::error::{ErrorCode, shown};
 use crate::graphql::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
 
 /// Whether a contact heads its identity.
@@ -25,14 +26,17 @@ impl ContactNode {
         self.0.id
     }
 
-    /// Lower-cased email, if the contact has one.
-    async fn email(&self) -> Option<&str> {
-        self.0.email.as_ref().map(|email| email.as_str())
+    /// Lower-cased email, if the contact has one (masked for `identify:masked`).
+    async fn email(&self, ctx: &Context<'_>) -> Option<String> {
+        let email = self.0.email.as_ref()?;
+        Some(shown(ctx, email.as_str(), mask::email))
     }
 
-    /// Normalised phone number (digits, optionally a leading `+`), if any.
-    async fn phone_number(&self) -> Option<&str> {
-        self.0.phone.as_ref().map(|phone| phone.as_str())
+    /// Normalised phone number (digits, optionally a leading `+`), if any (masked
+    /// for `identify:masked`).
+    async fn phone_number(&self, ctx: &Context<'_>) -> Option<String> {
+        let phone = self.0.phone.as_ref()?;
+        Some(shown(ctx, phone.as_str(), mask::phone))
     }
 
     /// The primary's id for a secondary; null for a primary.

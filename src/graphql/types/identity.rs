@@ -5,8 +5,9 @@ use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::{Context, Object, Result};
 
 use super::ContactNode;
+use crate::auth::mask;
 use crate::domain::Identity;
-use crate::graphql::error::ErrorCode;
+use crate::graphql::error::{ErrorCode, shown};
 use crate::graphql::limits::{IDENTITY_VALUES_COST, Page, page_size};
 use crate::graphql::loaders::{ContactId, ContactLoader};
 
@@ -32,17 +33,21 @@ impl IdentityNode {
 
     /// Distinct emails: the primary's first, then the others in contact order.
     #[graphql(complexity = "IDENTITY_VALUES_COST")]
-    async fn emails(&self) -> Vec<&str> {
-        self.0.emails.iter().map(|email| email.as_str()).collect()
+    async fn emails(&self, ctx: &Context<'_>) -> Vec<String> {
+        self.0
+            .emails
+            .iter()
+            .map(|email| shown(ctx, email.as_str(), mask::email))
+            .collect()
     }
 
     /// Distinct phone numbers: the primary's first, then the others in contact order.
     #[graphql(complexity = "IDENTITY_VALUES_COST")]
-    async fn phone_numbers(&self) -> Vec<&str> {
+    async fn phone_numbers(&self, ctx: &Context<'_>) -> Vec<String> {
         self.0
             .phone_numbers
             .iter()
-            .map(|phone| phone.as_str())
+            .map(|phone| shown(ctx, phone.as_str(), mask::phone))
             .collect()
     }
 
