@@ -394,7 +394,18 @@ async fn the_cli_creates_lists_and_revokes_keys_and_revocation_reaches_a_running
     let running = ServerProcess::start_with(
         &database.url,
         0,
-        &["--auth-mode", "required", "--auth-cache-secs", "2"],
+        &[
+            "--auth-mode",
+            "required",
+            "--auth-cache-secs",
+            "2",
+            "--jwt-secret",
+            SHARED_SECRET,
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-audience",
+            AUDIENCE,
+        ],
     )
     .await;
     let client = reqwest::Client::new();
@@ -525,12 +536,20 @@ async fn hs256_tokens_with_scopes_and_every_way_a_token_is_refused() {
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4In0.".to_owned(),
         ),
     ];
+    let fields = [
+        "{ contact(id: 1) { id } }",
+        "{ contacts { nodes { email } } }",
+        "{ identity(phoneNumber: \"1\") { emails } }",
+        "mutation { identify(input: {phoneNumber: \"1\"}) { emails } }",
+    ];
     for (case, token) in &refused {
         let authorization = format!("Bearer {token}");
         let response = post_identify_as(&app, Some(&authorization), "1").await;
         assert_eq!(response.status(), 401, "{case}");
-        let response = graphql_as(&app, Some(&authorization), "{ contact(id: 1) { id } }").await;
-        assert_eq!(code(&response, 0), "UNAUTHENTICATED", "{case}: {response}");
+        for field in fields {
+            let response = graphql_as(&app, Some(&authorization), field).await;
+            assert_eq!(code(&response, 0), "UNAUTHENTICATED", "{case}: {field}: {response}");
+        }
     }
     assert_eq!(app.row_count().await, 0);
 
