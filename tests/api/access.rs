@@ -548,7 +548,11 @@ async fn hs256_tokens_with_scopes_and_every_way_a_token_is_refused() {
         assert_eq!(response.status(), 401, "{case}");
         for field in fields {
             let response = graphql_as(&app, Some(&authorization), field).await;
-            assert_eq!(code(&response, 0), "UNAUTHENTICATED", "{case}: {field}: {response}");
+            assert_eq!(
+                code(&response, 0),
+                "UNAUTHENTICATED",
+                "{case}: {field}: {response}"
+            );
         }
     }
     assert_eq!(app.row_count().await, 0);
