@@ -50,7 +50,7 @@ pub enum KeysCommand {
         /// Who or what the key is for, shown by `keys list`.
         #[arg(long)]
         name: String,
-        /// Comma-separated scopes: identify, read, admin.
+        /// Comma-separated scopes: identify, identify:masked, read, admin.
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },
@@ -173,7 +173,8 @@ pub struct Config {
     )]
     pub shutdown_timeout_secs: u64,
 
-    /// Requests per second allowed per client address; 0 turns rate limiting off.
+    /// Requests per second allowed per principal (API key or JWT subject), or per
+    /// client address for callers without one; 0 turns rate limiting off.
     #[arg(
         long,
         env = "RATE_LIMIT_PER_SECOND",
@@ -286,6 +287,13 @@ impl Config {
             sources.push(KeySource::JwksUrl(url.clone()));
         }
         let source = match sources.len() {
+            0 if self.jwt_issuer.is_some() || self.jwt_audience.is_some() => {
+                return Err(
+                    "JWT_ISSUER or JWT_AUDIENCE is set but no key source: give JWT_SECRET, \
+                     JWT_JWKS_FILE or JWT_JWKS_URL"
+                        .to_owned(),
+                );
+            }
             0 => return Ok(None),
             1 => sources.remove(0),
             _ => {
@@ -307,6 +315,20 @@ impl Config {
             issuer: issuer.clone(),
             audience: audience.clone(),
         }))
+    }
+
+    /// The settings no server should start with; the first problem found.
+    pub fn validate(&self) -> Result<(), String> {
+        self.jwt_settings()?;
+        if let Some(token) = &self.metrics_token
+            && token.expose().len() < 16
+        {
+            return Err(
+                "METRICS_TOKEN must be at least 16 characters (unset it to leave /metrics open)"
+                    .to_owned(),
+            );
+        }
+        Ok(())
     }
 
     pub fn auth_cache(&self) -> Duration {

@@ -53,6 +53,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated(AuthFailure::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthenticated(AuthFailure::Throttled) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -73,6 +74,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ApiError::BadRequest(_) => "BAD_REQUEST",
             ApiError::Unauthenticated(AuthFailure::Unavailable) => "SERVICE_UNAVAILABLE",
+            ApiError::Unauthenticated(AuthFailure::Throttled) => "RATE_LIMITED",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::NotFound => "NOT_FOUND",
@@ -140,7 +142,7 @@ impl ApiError {
         match self {
             ApiError::Unavailable | ApiError::Timeout => Some(1),
             ApiError::Service(err) if err.is_unavailable() => Some(1),
-            ApiError::Unauthenticated(AuthFailure::Unavailable) => Some(1),
+            ApiError::Unauthenticated(AuthFailure::Unavailable | AuthFailure::Throttled) => Some(1),
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         }
@@ -168,7 +170,7 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let ApiError::Unauthenticated(failure) = self
-            && failure != AuthFailure::Unavailable
+            && !matches!(failure, AuthFailure::Unavailable | AuthFailure::Throttled)
         {
             let challenge = if failure == AuthFailure::Missing {
                 "Bearer"

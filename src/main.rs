@@ -113,7 +113,7 @@ async fn run_async(command: Command, config: Config) -> Result<ExitCode, String>
         Command::Keys { action } => return keys(&pool, action).await,
         _ => {}
     }
-    config.jwt_settings()?;
+    config.validate()?;
     let state = app::AppState::new(pool.clone(), statements, config.clone());
     if let Some(jwt) = state.auth.jwt() {
         jwt.preload()
@@ -136,28 +136,32 @@ async fn run_async(command: Command, config: Config) -> Result<ExitCode, String>
 /// Says who may call, and refuses to serve everyone on a non-loopback address when
 /// nothing protects the data (docs/SPEC.md §9).
 async fn announce_access(state: &app::AppState, config: &Config) -> Result<(), String> {
-    let required = state.auth.required().await;
-    match (state.auth.mode(), required) {
-        (AuthMode::Off, _) => tracing::warn!(
+    let anonymous_allowed = config.host.is_loopback() || config.allow_anonymous;
+    let credentials_exist = state.auth.jwt().is_some() || state.auth.keys_exist().await;
+    match state.auth.mode() {
+        AuthMode::Off => tracing::warn!(
             "authentication is off (AUTH_MODE=off): every caller may read and write all contact data"
         ),
-        (_, true) => tracing::info!(
+        AuthMode::Auto if !credentials_exist && !anonymous_allowed => {
+            // Nobody could call a server that requires credentials none exist for,
+            // and serving everyone must be asked for: say both ways out.
+            return Err(format!(
+                "refusing to serve on {}: no API key exists and no JWT is configured. Create \
+                 a key (`identity-reconciliation keys create --name NAME --scopes \
+                 identify,read`), configure JWTs, or pass --allow-anonymous \
+                 (ALLOW_ANONYMOUS=true) to serve everyone",
+                config.host
+            ));
+        }
+        AuthMode::Auto if !credentials_exist => tracing::info!(
+            "no API key exists: anonymous callers get every scope (create one with \
+             `identity-reconciliation keys create --name NAME --scopes identify,read`)"
+        ),
+        AuthMode::Auto | AuthMode::Required => tracing::info!(
             mode = %state.auth.mode(),
             jwt = state.auth.jwt().is_some(),
             "authentication required: callers send Authorization: Bearer <API key or JWT>"
         ),
-        (_, false) if config.host.is_loopback() || config.allow_anonymous => tracing::info!(
-            "no API key exists: anonymous callers get every scope (create one with \
-             `identity-reconciliation keys create --name NAME --scopes identify,read`)"
-        ),
-        (_, false) => {
-            return Err(format!(
-                "refusing to serve anonymous callers on {}: no API key exists. Create one \
-                 (`identity-reconciliation keys create --name NAME --scopes identify,read`), \
-                 or pass --allow-anonymous (ALLOW_ANONYMOUS=true) to serve everyone",
-                config.host
-            ));
-        }
     }
     Ok(())
 }
@@ -171,7 +175,9 @@ async fn keys(pool: &db::DbPool, action: KeysCommand) -> Result<ExitCode, String
                 .iter()
                 .map(|name| {
                     Scope::parse(name.trim()).ok_or_else(|| {
-                        format!("unknown scope `{name}`: use identify, read or admin")
+                        format!(
+                            "unknown scope `{name}`: use identify, identify:masked, read or admin"
+                        )
                     })
                 })
                 .collect::<Result<_, _>>()?;

@@ -41,6 +41,7 @@ impl AppState {
                 config.auth_mode,
                 config.auth_cache(),
                 config.jwt_settings().ok().flatten(),
+                config.host.is_loopback() || config.allow_anonymous,
             ),
             config,
         }))

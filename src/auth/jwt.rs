@@ -20,6 +20,9 @@ use crate::config::Secret;
 const LEEWAY_SECS: u64 = 30;
 /// A JWKS is re-read at most this often, however many unknown `kid`s arrive.
 const JWKS_REFRESH_EVERY: Duration = Duration::from_secs(60);
+/// A JWKS this old is read again on its next use, so a key the provider removed
+/// (a compromised one) stops being trusted; a failed read keeps the old set.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(600);
 /// How long fetching a JWKS may take.
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -42,7 +45,7 @@ pub struct JwtSettings {
 /// Verifies JWTs for one process.
 pub struct JwtVerifier {
     settings: JwtSettings,
-    jwks: Mutex<Option<JwkSet>>,
+    jwks: Mutex<Option<(JwkSet, Instant)>>,
     /// When a token naming an unknown key last made us re-read the JWKS: tokens
     /// with made-up `kid`s must not make us fetch it on every request.
     last_refresh: Mutex<Option<Instant>>,
@@ -133,6 +136,13 @@ impl JwtVerifier {
     /// The JWKS key `kid` names (the only key when the token names none and the set
     /// holds one), re-reading the set once if it is unknown.
     async fn key_for(&self, kid: Option<&str>) -> Result<DecodingKey, AuthFailure> {
+        let aged = self
+            .lock()
+            .as_ref()
+            .is_some_and(|(_, loaded)| loaded.elapsed() >= JWKS_MAX_AGE);
+        if aged && let Err(err) = self.reload().await {
+            tracing::warn!(error = %err, "could not re-read the JWKS; keeping the keys held");
+        }
         if let Some(key) = self.cached_key(kid) {
             return key;
         }
@@ -160,7 +170,7 @@ impl JwtVerifier {
 
     fn cached_key(&self, kid: Option<&str>) -> Option<Result<DecodingKey, AuthFailure>> {
         let jwks = self.lock();
-        let keys = &jwks.as_ref()?.keys;
+        let keys = &jwks.as_ref()?.0.keys;
         let jwk = match kid {
             Some(kid) => keys
                 .iter()
@@ -191,11 +201,11 @@ impl JwtVerifier {
         let keys: JwkSet =
             serde_json::from_str(&text).map_err(|err| format!("not a JWKS: {err}"))?;
         let count = keys.keys.len();
-        *self.lock() = Some(keys);
+        *self.lock() = Some((keys, Instant::now()));
         Ok(count)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<JwkSet>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(JwkSet, Instant)>> {
         self.jwks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -8,6 +8,7 @@ pub mod mask;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use chrono::Utc;
 use clap::ValueEnum;
 
 use crate::db::{DbError, DbPool, api_keys};
+use crate::middleware::{ClientKey, RateLimiter};
 
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,6 +127,8 @@ pub enum AuthFailure {
     WrongSecret,
     /// A JWT past its `exp` (or before its `nbf`).
     ExpiredToken,
+    /// Too many look-ups of unknown keys from this address: try again shortly.
+    Throttled,
     /// A JWT with a bad signature, issuer, audience or algorithm.
     InvalidToken,
     /// The keys could not be read: the database or the JWKS is unreachable.
@@ -132,7 +136,7 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 8] = [
+    pub const ALL: [AuthFailure; 9] = [
         AuthFailure::Missing,
         AuthFailure::Malformed,
         AuthFailure::UnknownKey,
@@ -140,6 +144,7 @@ impl AuthFailure {
         AuthFailure::WrongSecret,
         AuthFailure::ExpiredToken,
         AuthFailure::InvalidToken,
+        AuthFailure::Throttled,
         AuthFailure::Unavailable,
     ];
 
@@ -152,6 +157,7 @@ impl AuthFailure {
             AuthFailure::WrongSecret => "wrong_secret",
             AuthFailure::ExpiredToken => "expired_token",
             AuthFailure::InvalidToken => "invalid_token",
+            AuthFailure::Throttled => "throttled",
             AuthFailure::Unavailable => "unavailable",
         }
     }
@@ -163,6 +169,9 @@ impl AuthFailure {
                 "authentication required: send Authorization: Bearer <API key or JWT>"
             }
             AuthFailure::ExpiredToken => "the token has expired or is not valid yet",
+            AuthFailure::Throttled => {
+                "too many unknown credentials from this address; retry shortly"
+            }
             AuthFailure::Malformed => {
                 "the Authorization header is not a bearer credential this service issues"
             }
@@ -238,7 +247,8 @@ impl Authentication {
 /// Whether credentials are needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
-    /// Needed as soon as an active API key exists.
+    /// Needed as soon as JWTs are configured or an API key exists (and always off
+    /// loopback unless --allow-anonymous).
     Auto,
     /// Always needed.
     Required,
@@ -271,8 +281,24 @@ struct KnownKey {
     revoked: bool,
 }
 
-/// Keys remembered at once; past this, the cache starts over.
+/// Keys remembered at once; past this, unknown and stale ones are forgotten.
 const MAX_CACHED_KEYS: usize = 10_000;
+/// Database look-ups of keys one client address may cause: a real client needs one
+/// per key and cache period, a flood of made-up keys is held to this.
+const LOOKUPS_PER_SECOND: f64 = 5.0;
+const LOOKUP_BURST: u32 = 20;
+
+/// Why a key could not be looked up.
+enum Lookup {
+    Throttled,
+    Database(DbError),
+}
+
+impl From<DbError> for Lookup {
+    fn from(err: DbError) -> Self {
+        Lookup::Database(err)
+    }
+}
 /// `last_used_at` is written at most this often per key and process.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
@@ -283,8 +309,16 @@ pub struct Authenticator {
     /// How long a key read from the database is trusted, and how often `auto` mode
     /// looks for keys again.
     cache_for: Duration,
+    /// Once true, stays true for the life of the process: revoking the last key
+    /// must lock the service, not open it to everyone.
     keys_exist: AtomicBool,
     keys_checked: Mutex<Option<Instant>>,
+    /// Whether anonymous callers may be served at all (a loopback address, or
+    /// `--allow-anonymous`); when not, `auto` always requires a credential.
+    anonymous_allowed: bool,
+    /// Key look-ups in the database per client address: a flood of made-up keys
+    /// is throttled before it reaches the pool.
+    lookups: RateLimiter,
     cache: Mutex<HashMap<String, CachedKey>>,
     touched: Mutex<HashMap<String, Instant>>,
     jwt: Option<jwt::JwtVerifier>,
@@ -305,6 +339,7 @@ impl Authenticator {
         mode: AuthMode,
         cache_for: Duration,
         jwt: Option<jwt::JwtSettings>,
+        anonymous_allowed: bool,
     ) -> Self {
         Self {
             pool,
@@ -312,6 +347,9 @@ impl Authenticator {
             cache_for,
             keys_exist: AtomicBool::new(false),
             keys_checked: Mutex::new(None),
+            anonymous_allowed,
+            lookups: RateLimiter::new(LOOKUPS_PER_SECOND, Some(LOOKUP_BURST))
+                .expect("a positive rate"),
             cache: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashMap::new()),
             jwt: jwt.map(jwt::JwtVerifier::new),
@@ -332,7 +370,9 @@ impl Authenticator {
         match self.mode {
             AuthMode::Off => false,
             AuthMode::Required => true,
-            AuthMode::Auto => self.jwt.is_some() || self.keys_exist().await,
+            AuthMode::Auto => {
+                !self.anonymous_allowed || self.jwt.is_some() || self.keys_exist().await
+            }
         }
     }
 
@@ -340,9 +380,9 @@ impl Authenticator {
     /// period. A database error keeps the last answer.
     pub async fn keys_exist(&self) -> bool {
         let stale = lock(&self.keys_checked).is_none_or(|at| at.elapsed() >= self.cache_for);
-        if stale {
-            if let Ok(exist) = self.read_keys_exist().await {
-                self.keys_exist.store(exist, Ordering::Relaxed);
+        if stale && !self.keys_exist.load(Ordering::Relaxed) {
+            if let Ok(true) = self.read_keys_exist().await {
+                self.keys_exist.store(true, Ordering::Relaxed);
             }
             *lock(&self.keys_checked) = Some(Instant::now());
         }
@@ -354,8 +394,13 @@ impl Authenticator {
         Ok(api_keys::any_active(&mut conn).await?)
     }
 
-    /// Authenticates a request from its `Authorization` header value.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Authentication {
+    /// Authenticates a request from its `Authorization` header value; `client` is
+    /// the caller's address, which database look-ups of unknown keys are charged to.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        client: Option<IpAddr>,
+    ) -> Authentication {
         if !self.required().await {
             return Authentication::Principal(Principal::anonymous());
         }
@@ -376,10 +421,14 @@ impl Authenticator {
                 _ => Authentication::Failed(AuthFailure::Malformed),
             };
         };
-        let key = match self.key(presented.id).await {
+        let key = match self.key(presented.id, client).await {
             Ok(Some(key)) => key,
             Ok(None) => return Authentication::Failed(AuthFailure::UnknownKey),
-            Err(_) => return Authentication::Failed(AuthFailure::Unavailable),
+            Err(Lookup::Throttled) => return Authentication::Failed(AuthFailure::Throttled),
+            Err(Lookup::Database(err)) => {
+                tracing::warn!(error = %err, "could not read API keys");
+                return Authentication::Failed(AuthFailure::Unavailable);
+            }
         };
         if key.revoked {
             return Authentication::Failed(AuthFailure::RevokedKey);
@@ -394,22 +443,41 @@ impl Authenticator {
         })
     }
 
-    /// The key `id`, from the cache while it is fresh, else from the database.
-    async fn key(&self, id: &str) -> Result<Option<KnownKey>, DbError> {
+    /// The key `id`, from the cache while it is fresh, else from the database (a
+    /// look-up `client` pays for).
+    async fn key(&self, id: &str, client: Option<IpAddr>) -> Result<Option<KnownKey>, Lookup> {
         if let Some(cached) = lock(&self.cache).get(id)
             && cached.fetched.elapsed() < self.cache_for
         {
             return Ok(cached.key.clone());
         }
-        let mut conn = self.pool.get().await?;
-        let key = api_keys::find(&mut conn, id).await?.map(|record| KnownKey {
-            scopes: Scopes::from_names(record.scope_names()),
-            revoked: record.revoked_at.is_some(),
-            secret_sha256: record.secret_sha256,
-        });
+        // Only ids never seen to exist are charged: a real key re-read after its
+        // cache time costs its caller nothing, a made-up one costs a token.
+        let known = lock(&self.cache)
+            .get(id)
+            .is_some_and(|cached| cached.key.is_some());
+        if !known
+            && let Some(client) = client
+            && self.lookups.check(&ClientKey::Address(client), 1).is_err()
+        {
+            return Err(Lookup::Throttled);
+        }
+        let mut conn = self.pool.get().await.map_err(DbError::from)?;
+        let key = api_keys::find(&mut conn, id)
+            .await
+            .map_err(DbError::from)?
+            .map(|record| KnownKey {
+                scopes: Scopes::from_names(record.scope_names()),
+                revoked: record.revoked_at.is_some(),
+                secret_sha256: record.secret_sha256,
+            });
         let mut cache = lock(&self.cache);
         if cache.len() >= MAX_CACHED_KEYS {
-            cache.clear();
+            // Entries for ids with no key are what fills it (made-up keys): drop
+            // those and the stale ones, keep the verified keys.
+            cache.retain(|_, cached| {
+                cached.key.is_some() && cached.fetched.elapsed() < self.cache_for
+            });
         }
         cache.insert(
             id.to_owned(),

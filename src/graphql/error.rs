@@ -30,6 +30,8 @@ pub enum ErrorCode {
     Forbidden,
     NotFound,
     ServiceUnavailable,
+    /// Too many requests (or unknown credentials) from this client.
+    RateLimited,
     /// A bug or a broken database; never the client's fault.
     Internal,
 }
@@ -44,6 +46,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -78,6 +81,9 @@ impl From<Denied> for async_graphql::Error {
         match denied {
             Denied::Unauthenticated(AuthFailure::Unavailable) => {
                 ErrorCode::ServiceUnavailable.error(AuthFailure::Unavailable.message())
+            }
+            Denied::Unauthenticated(AuthFailure::Throttled) => {
+                ErrorCode::RateLimited.error(AuthFailure::Throttled.message())
             }
             Denied::Unauthenticated(failure) => ErrorCode::Unauthenticated.error(failure.message()),
             Denied::Forbidden(scope) => ErrorCode::Forbidden.error(format!(

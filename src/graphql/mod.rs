@@ -8,7 +8,7 @@ mod graphiql;
 pub mod limits;
 mod loaders;
 mod mutation;
-mod query;
+pub mod query;
 mod types;
 
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
@@ -131,11 +131,15 @@ async fn execute(
     if masked {
         request = request.data(error::MaskValues);
     }
+    let principal = authentication.name().to_owned();
+    let reads = std::sync::Arc::new(query::ReadAudit::default());
     let request = request
+        .data(reads.clone())
         .data(authentication)
         .data(loader(ContactLoader::new(state.pool.clone())))
         .data(loader(MembersLoader::new(state.pool.clone())));
     let mut response = schema.execute(request).await;
+    reads.log(&principal);
     error::log_failures(&response.errors);
     error::code_uncoded(&mut response.errors);
     limits::cap_errors(&mut response.errors);

@@ -31,7 +31,7 @@ impl MutationRoot {
         let state = ctx.data_unchecked::<AppState>();
         let identified = service::identify(&state.pool, request).await?;
         state.record_identified(&identified);
-        super::query::audit(ctx, "identify", identified.identity.contacts.len());
+        super::query::audit(ctx, Some("identify"), identified.identity.contacts.len());
         Ok(IdentityNode::from(identified.identity))
     }
 }

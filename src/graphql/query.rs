@@ -10,7 +10,7 @@ use super::error::RequireScope;
 use super::limits::{LOOKUP_COST, Page, page_size};
 use super::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
 use super::types::{ContactNode, IdentityNode, LinkPrecedence};
-use crate::auth::{self, Authentication, Scope};
+use crate::auth::{self, Scope};
 use crate::db::DbError;
 use crate::db::contacts::{self, ContactFilter};
 use crate::domain::{Contact, Email, IdentifyRequest, Phone};
@@ -67,7 +67,7 @@ impl QueryRoot {
             .data_unchecked::<DataLoader<ContactLoader, HashMapCache>>()
             .load_one(ContactId(id))
             .await?;
-        audit(ctx, "contact", usize::from(contact.is_some()));
+        audit(ctx, Some("contact"), usize::from(contact.is_some()));
         Ok(contact.map(ContactNode))
     }
 
@@ -100,7 +100,7 @@ impl QueryRoot {
             .map(Contact::from)
             .collect();
         prefetch_nested(ctx, &rows).await?;
-        audit(ctx, "contacts", rows.len());
+        audit(ctx, Some("contacts"), rows.len());
 
         let mut connection = Connection::new(page.after.is_some(), has_next_page);
         connection.edges.extend(
@@ -127,7 +127,7 @@ impl QueryRoot {
         let identity = service::lookup(&state.pool, &request).await?;
         audit(
             ctx,
-            "identity",
+            Some("identity"),
             identity
                 .as_ref()
                 .map_or(0, |identity| identity.contacts.len()),
@@ -136,12 +136,45 @@ impl QueryRoot {
     }
 }
 
-/// Notes the read in the audit log, under the request's principal.
-pub(super) fn audit(ctx: &Context<'_>, operation: &str, contacts: usize) {
-    let principal = ctx
-        .data_opt::<Authentication>()
-        .map_or("unauthenticated", Authentication::name);
-    auth::audit_read(principal, operation, contacts);
+/// What one GraphQL request read, for its single audit line (written by the
+/// handler once the answer is made): the root fields and every contact returned,
+/// nested ones included.
+#[derive(Debug, Default)]
+pub struct ReadAudit {
+    operations: std::sync::Mutex<BTreeSet<&'static str>>,
+    contacts: std::sync::atomic::AtomicUsize,
+}
+
+impl ReadAudit {
+    /// Logs the request's reads, if it made any.
+    pub fn log(&self, principal: &str) {
+        let contacts = self.contacts.load(std::sync::atomic::Ordering::Relaxed);
+        let operations = self
+            .operations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if contacts > 0 || !operations.is_empty() {
+            let operations: Vec<&str> = operations.iter().copied().collect();
+            auth::audit_read(principal, &operations.join(","), contacts);
+        }
+    }
+}
+
+/// Counts contacts a field returned toward the request's audit line; a root field
+/// names the operation too.
+pub(super) fn audit(ctx: &Context<'_>, operation: Option<&'static str>, contacts: usize) {
+    if let Some(audit) = ctx.data_opt::<std::sync::Arc<ReadAudit>>() {
+        audit
+            .contacts
+            .fetch_add(contacts, std::sync::atomic::Ordering::Relaxed);
+        if let Some(operation) = operation {
+            audit
+                .operations
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(operation);
+        }
+    }
 }
 
 /// Loads, in one query each, what the page's nodes will ask their loaders for,

@@ -29,7 +29,8 @@ pub async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    let authentication = state.auth.authenticate(authorization).await;
+    let client = super::rate_limit::client_address(&request, state.config.trust_forwarded_for);
+    let authentication = state.auth.authenticate(authorization, client).await;
     if let Authentication::Failed(failure) = &authentication {
         state.metrics.observe_auth_failure(*failure);
     }

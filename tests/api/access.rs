@@ -421,6 +421,25 @@ async fn the_cli_creates_lists_and_revokes_keys_and_revocation_reaches_a_running
         call(format!("Bearer irk_{id}_{}", "f".repeat(64))).await,
         401
     );
+    let token = hs256(&claims("identify"), SHARED_SECRET);
+    assert_eq!(call(format!("Bearer {token}")).await, 200);
+    let forged = hs256(
+        &claims("identify"),
+        "a forged secret that is long enough!!!",
+    );
+    assert_eq!(call(format!("Bearer {forged}")).await, 401);
+    // A GraphQL read with nested identities: one audit line counting them all.
+    let nested: Value = client
+        .post(running.url("/graphql"))
+        .header("authorization", format!("Bearer {key}"))
+        .json(&json!({"query": "{ contacts(first: 1) { nodes { identity { emails } } } }"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(nested.get("errors").is_none(), "{nested}");
 
     let revoked = server(&["keys", "revoke", &id], &database.url);
     assert!(revoked.status.success(), "{revoked:?}");
@@ -438,14 +457,28 @@ async fn the_cli_creates_lists_and_revokes_keys_and_revocation_reaches_a_running
             .success()
     );
 
-    // Neither the key nor its secret ever reached a log line; the audit line did.
+    // No key, secret or token ever reached a log line; the audit lines did.
     let logs = running.logs.lock().unwrap().join("\n");
     assert!(!logs.contains(&secret), "a secret was logged");
+    for part in token.split('.').chain(forged.split('.')).skip(1) {
+        assert!(!logs.contains(part), "a token was logged");
+    }
+    assert!(!logs.contains(SHARED_SECRET), "the JWT secret was logged");
+    assert!(
+        logs.contains("jwt:user-42"),
+        "no audit line names the token's subject"
+    );
     assert!(
         logs.contains(&format!("key:{id}")),
         "no audit line names the key: {logs}"
     );
     assert!(logs.contains("contact data read"), "{logs}");
+    assert!(
+        logs.lines()
+            .any(|line| line.contains("\"operation\":\"contacts\"")
+                && line.contains("\"contacts\":2")),
+        "the nested identity was not counted: {logs}"
+    );
 }
 
 // --- JWT ---
@@ -731,4 +764,84 @@ async fn half_configured_jwt_refuses_to_start() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("JWT_ISSUER"), "{log}");
     assert!(!log.contains(SHARED_SECRET), "the secret was logged: {log}");
+}
+
+// --- Regressions from the review of the access control ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_last_key_locks_the_service_instead_of_opening_it() {
+    let app = spawn_app_with(&["--auth-cache-secs", "0"]).await;
+    let mut conn = app.connection().await;
+    let (id, key) = auth::create_key(&mut conn, "only", &[Scope::Identify])
+        .await
+        .unwrap();
+    assert_eq!(post_identify_as(&app, None, "1").await.status(), 401);
+    identity_reconciliation::db::api_keys::revoke(&mut conn, &id)
+        .await
+        .unwrap();
+    drop(conn);
+    // No active key is left, and still nobody gets in anonymously.
+    assert_eq!(post_identify_as(&app, None, "1").await.status(), 401);
+    let revoked = format!("Bearer {key}");
+    assert_eq!(
+        post_identify_as(&app, Some(&revoked), "1").await.status(),
+        401
+    );
+    assert_eq!(app.row_count().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_auto_mode_never_serves_anonymous_callers() {
+    use identity_reconciliation::auth::{AuthFailure, AuthMode, Authentication, Authenticator};
+    let app = crate::helpers::spawn_app().await;
+    // As a server on 0.0.0.0 without --allow-anonymous would be, with no key at all.
+    let authenticator = Authenticator::new(
+        app.pool.clone(),
+        AuthMode::Auto,
+        Duration::ZERO,
+        None,
+        false,
+    );
+    assert!(matches!(
+        authenticator.authenticate(None, None).await,
+        Authentication::Failed(AuthFailure::Missing)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_made_up_keys_is_throttled_before_the_database() {
+    let app = spawn_app_with(&["--auth-mode", "required", "--auth-cache-secs", "0"]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        let made_up = format!("Bearer {}", keys::generate().unwrap().token);
+        statuses.push(
+            post_identify_as(&app, Some(&made_up), "1")
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert!(statuses.contains(&401), "{statuses:?}");
+    let throttled = statuses.iter().filter(|status| **status == 429).count();
+    assert!(throttled >= 10, "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_that_would_weaken_access_stop_the_server() {
+    let database = TestDatabase::create().await;
+    for (flags, expected) in [
+        (
+            vec!["--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE],
+            "no key source",
+        ),
+        (vec!["--metrics-token", ""], "METRICS_TOKEN"),
+        (vec!["--metrics-token", "short"], "METRICS_TOKEN"),
+    ] {
+        let mut args = flags.clone();
+        args.extend(["--port", "0"]);
+        let output = server(&args, &database.url);
+        assert!(!output.status.success(), "{flags:?} started");
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(log.contains(expected), "{flags:?}: {log}");
+    }
 }

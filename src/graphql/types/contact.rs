@@ -7,6 +7,7 @@ use crate::auth::mask;
 use crate::domain::Contact;
 use crate::graphql::error::{ErrorCode, shown};
 use crate::graphql::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
+use crate::graphql::query::audit;
 
 /// Whether a contact heads its identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -66,21 +67,31 @@ impl ContactNode {
         let Some(primary_id) = self.0.linked_id else {
             return Ok(ContactNode(self.0.clone()));
         };
-        ctx.data_unchecked::<DataLoader<ContactLoader, HashMapCache>>()
+        let primary = ctx
+            .data_unchecked::<DataLoader<ContactLoader, HashMapCache>>()
             .load_one(ContactId(primary_id))
-            .await?
-            .map(ContactNode)
-            .ok_or_else(|| {
-                ErrorCode::NotFound.error(format!("primary contact {primary_id} not found"))
-            })
+            .await?;
+        audit(ctx, None, usize::from(primary.is_some()));
+        primary.map(ContactNode).ok_or_else(|| {
+            ErrorCode::NotFound.error(format!("primary contact {primary_id} not found"))
+        })
     }
 
     /// The whole identity this contact belongs to.
     async fn identity(&self, ctx: &Context<'_>) -> Result<IdentityNode> {
         let primary_id = self.0.primary_id();
-        ctx.data_unchecked::<DataLoader<MembersLoader, HashMapCache>>()
+        let identity = ctx
+            .data_unchecked::<DataLoader<MembersLoader, HashMapCache>>()
             .load_one(PrimaryId(primary_id))
-            .await?
+            .await?;
+        audit(
+            ctx,
+            None,
+            identity
+                .as_ref()
+                .map_or(0, |identity| identity.contacts.len()),
+        );
+        identity
             .map(IdentityNode)
             .ok_or_else(|| ErrorCode::NotFound.error(format!("identity {primary_id} not found")))
     }
