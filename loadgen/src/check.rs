@@ -494,7 +494,10 @@ fn check_identities_linked(
                 )
             });
         } else if sets.len() > 1 {
-            let firsts: Vec<Node> = sets.into_values().collect();
+            // Sorted: the sets' names follow hash order, and a report should read
+            // the same every time.
+            let mut firsts: Vec<Node> = sets.into_values().collect();
+            firsts.sort();
             linked.violation(|| {
                 format!(
                     "identity {identity} joins {}, which no chain of requests linked",

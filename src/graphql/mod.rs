@@ -143,6 +143,14 @@ async fn execute(
     error::log_failures(&response.errors);
     error::code_uncoded(&mut response.errors);
     limits::cap_errors(&mut response.errors);
+    // Refused by validation, nothing ran: no `data` at all (GraphQL over HTTP), as
+    // for the documents refused before execution.
+    let ran = !(response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|error| error.path.is_empty()));
+    if !ran {
+        return refused(response.errors);
+    }
     response.data = complete::complete(
         std::mem::take(&mut response.data),
         &checked.document,

@@ -129,6 +129,8 @@ async fn identify_bad_input_gets_the_rest_message() {
         "GRAPHQL_VALIDATION_FAILED",
         "{response}"
     );
+    // Nothing ran, so there is no `data` at all (GraphQL over HTTP).
+    assert!(response.get("data").is_none(), "{response}");
     let response = app.graphql("{ contact(id: ", json!({})).await;
     assert_eq!(error_code(&response), "GRAPHQL_PARSE_FAILED", "{response}");
     // Argument errors of our own name their argument.
