@@ -52,8 +52,6 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthenticated(AuthFailure::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Unauthenticated(AuthFailure::Throttled) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -73,8 +71,6 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ApiError::BadRequest(_) => "BAD_REQUEST",
-            ApiError::Unauthenticated(AuthFailure::Unavailable) => "SERVICE_UNAVAILABLE",
-            ApiError::Unauthenticated(AuthFailure::Throttled) => "RATE_LIMITED",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::NotFound => "NOT_FOUND",
@@ -142,7 +138,6 @@ impl ApiError {
         match self {
             ApiError::Unavailable | ApiError::Timeout => Some(1),
             ApiError::Service(err) if err.is_unavailable() => Some(1),
-            ApiError::Unauthenticated(AuthFailure::Unavailable | AuthFailure::Throttled) => Some(1),
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         }
@@ -169,9 +164,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if let ApiError::Unauthenticated(failure) = self
-            && !matches!(failure, AuthFailure::Unavailable | AuthFailure::Throttled)
-        {
+        if let ApiError::Unauthenticated(failure) = self {
             let challenge = if failure == AuthFailure::Missing {
                 "Bearer"
             } else {
@@ -189,6 +182,12 @@ impl IntoResponse for ApiError {
 impl From<Denied> for ApiError {
     fn from(denied: Denied) -> Self {
         match denied {
+            // Not the credential's fault: the keys could not be read, or this
+            // address looked up too many unknown ones.
+            Denied::Unauthenticated(AuthFailure::Unavailable) => ApiError::Unavailable,
+            Denied::Unauthenticated(AuthFailure::Throttled) => ApiError::RateLimited {
+                retry_after_secs: 1,
+            },
             Denied::Unauthenticated(failure) => ApiError::Unauthenticated(failure),
             Denied::Forbidden(scope) => ApiError::Forbidden(scope),
         }

@@ -208,6 +208,15 @@ impl std::fmt::Display for Logged {
     }
 }
 
+/// `error` with `code` as its `extensions.code`.
+pub fn coded(mut error: ServerError, code: ErrorCode) -> ServerError {
+    error
+        .extensions
+        .get_or_insert_with(Default::default)
+        .set("code", code.as_str());
+    error
+}
+
 /// What async-graphql says when a document is over one of its limits; these are
 /// the client's to fix, like our own limits.
 const LIMIT_MESSAGES: [&str; 4] = [

@@ -14,7 +14,7 @@ use async_graphql::parser::types::{
 use async_graphql::{Name, Pos, ServerError, Variables};
 use async_graphql_value::{ConstValue, Value};
 
-use super::error::ErrorCode;
+use super::error::{ErrorCode, coded};
 use crate::domain::{IdentifyRequest, InputError};
 
 /// Page size when `first` is not given.
@@ -145,14 +145,6 @@ pub fn check(
 
 pub fn limit_error(message: String) -> ServerError {
     coded(ServerError::new(message, None), ErrorCode::BadUserInput)
-}
-
-fn coded(mut error: ServerError, code: ErrorCode) -> ServerError {
-    error
-        .extensions
-        .get_or_insert_with(Default::default)
-        .set("code", code.as_str());
-    error
 }
 
 /// Field selections and aliases written in the document (each written one once).

@@ -72,21 +72,9 @@ pub fn router(state: AppState) -> Router {
 /// `text/plain`, form and multipart bodies cross-origin without asking (no CORS
 /// preflight), so accepting them would let any web page run mutations.
 fn is_graphql_json(headers: &HeaderMap) -> bool {
-    let Some(content_type) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
     matches!(
-        essence.as_str(),
-        "application/json" | "application/graphql-response+json"
+        crate::middleware::media_type(headers).as_deref(),
+        Some("application/json" | "application/graphql-response+json")
     )
 }
 
@@ -208,7 +196,7 @@ fn check_document(
     let operation_name = request.operation_name.clone();
     let document = request
         .parsed_query()
-        .map_err(|err| vec![coded(err, ErrorCode::GraphqlParseFailed)])?;
+        .map_err(|err| vec![error::coded(err, ErrorCode::GraphqlParseFailed)])?;
     let summary = limits::check(document, &variables, &limits)?;
     let document = document.clone();
     Ok(CheckedRequest {
@@ -312,14 +300,6 @@ fn charge_rate_limit(
             Some(rate_limited(retry_after).into_graphql_response())
         }
     }
-}
-
-fn coded(mut error: ServerError, code: ErrorCode) -> ServerError {
-    error
-        .extensions
-        .get_or_insert_with(Default::default)
-        .set("code", code.as_str());
-    error
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {

@@ -91,6 +91,23 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     response
 }
 
+/// The request's media type, lower-cased and without parameters
+/// (`application/json; charset=utf-8` is `application/json`).
+pub fn media_type(headers: &axum::http::HeaderMap) -> Option<String> {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?;
+    Some(
+        content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
 /// The route GraphQL is served on: its errors take GraphQL's shape.
 pub const GRAPHQL_PATH: &str = "/graphql";
 

@@ -476,15 +476,7 @@ async fn idle_and_half_sent_connections_are_closed() {
         .unwrap();
     assert!(closed_within(&mut kept, Duration::from_secs(10)).await);
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("http_connections_closed_total{reason=\"header_timeout\"} 1"),
         "{metrics}"
@@ -551,15 +543,7 @@ async fn made_up_methods_do_not_grow_the_metrics() {
         let mut answer = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(!metrics.contains("XXXX"), "a method became a label");
     assert!(metrics.len() < 20_000, "{} bytes of metrics", metrics.len());
 }
@@ -568,17 +552,13 @@ async fn made_up_methods_do_not_grow_the_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_postgres_requires_its_password() {
-    use identity_reconciliation::db::embedded::{EmbeddedOptions, password_file};
+    use identity_reconciliation::db::embedded::password_file;
+
+    use crate::helpers::throwaway_cluster;
     use std::os::unix::fs::PermissionsExt;
 
     let root = tempfile::tempdir().unwrap();
-    let options = EmbeddedOptions {
-        data_dir: root.path().join("postgres"),
-        log_file: root.path().join("postgres.log"),
-        durable: false,
-        bin_dir: None,
-        port: None,
-    };
+    let options = throwaway_cluster(root.path());
     let attempt = |url: String| async move {
         tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await

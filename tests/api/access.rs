@@ -395,17 +395,10 @@ async fn the_cli_creates_lists_and_revokes_keys_and_revocation_reaches_a_running
         &database.url,
         0,
         &[
-            "--auth-mode",
-            "required",
-            "--auth-cache-secs",
-            "2",
-            "--jwt-secret",
-            SHARED_SECRET,
-            "--jwt-issuer",
-            ISSUER,
-            "--jwt-audience",
-            AUDIENCE,
-        ],
+            ["--auth-mode", "required", "--auth-cache-secs", "2"].as_slice(),
+            &hs256_flags(),
+        ]
+        .concat(),
     )
     .await;
     let client = reqwest::Client::new();
@@ -487,6 +480,18 @@ const ISSUER: &str = "https://id.example.test";
 const AUDIENCE: &str = "identity-api";
 const SHARED_SECRET: &str = "a shared secret that is long enough!!";
 
+/// The flags of a server taking HS256 JWTs from our test issuer.
+fn hs256_flags() -> [&'static str; 6] {
+    [
+        "--jwt-secret",
+        SHARED_SECRET,
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audience",
+        AUDIENCE,
+    ]
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -538,15 +543,7 @@ fn es256(claims: &Value, key: &EcKey, kid: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hs256_tokens_with_scopes_and_every_way_a_token_is_refused() {
-    let app = spawn_app_with(&[
-        "--jwt-secret",
-        SHARED_SECRET,
-        "--jwt-issuer",
-        ISSUER,
-        "--jwt-audience",
-        AUDIENCE,
-    ])
-    .await;
+    let app = spawn_app_with(&hs256_flags()).await;
     // JWTs configured: auto mode requires credentials even with no key.
     assert_eq!(post_identify_as(&app, None, "1").await.status(), 401);
 

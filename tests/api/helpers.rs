@@ -444,6 +444,18 @@ impl TestApp {
         .expect("rows load")
     }
 
+    /// `/metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics answered")
+            .text()
+            .await
+            .expect("metrics read")
+    }
+
     /// The `json` text column of every row `sql` returns.
     pub async fn query_json(&self, sql: &str) -> Vec<String> {
         #[derive(QueryableByName)]
@@ -492,6 +504,17 @@ impl TestApp {
             values.extend(row.phone_number.map(|p| format!("p:{p}")));
         }
         identities
+    }
+}
+
+/// Options for a throwaway private PostgreSQL kept in `dir` (no fsync, any port).
+pub fn throwaway_cluster(dir: &std::path::Path) -> EmbeddedOptions {
+    EmbeddedOptions {
+        data_dir: dir.join("postgres"),
+        log_file: dir.join("postgres.log"),
+        durable: false,
+        bin_dir: None,
+        port: None,
     }
 }
 

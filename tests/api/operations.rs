@@ -175,15 +175,7 @@ async fn the_rate_limit_answers_429_with_retry_after() {
             "{probe}"
         );
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert_eq!(metric(&metrics, "http_rate_limited_total"), 2.0);
 }
 
@@ -456,15 +448,11 @@ async fn servers_starting_together_migrate_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_one_data_folder_uses_the_running_postgres() {
-    use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+    use identity_reconciliation::db::embedded::EmbeddedPostgres;
+
+    use crate::helpers::throwaway_cluster;
     let root = tempfile::tempdir().unwrap();
-    let options = EmbeddedOptions {
-        data_dir: root.path().join("postgres"),
-        log_file: root.path().join("postgres.log"),
-        durable: false,
-        bin_dir: None,
-        port: None,
-    };
+    let options = throwaway_cluster(root.path());
     let running = crate::helpers::PostgresThread::start(options.clone());
     // What `check` or `migrate` in a second terminal does: no lock-file error, the
     // running server, found through its postmaster.pid.

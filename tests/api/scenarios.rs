@@ -12,11 +12,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use identity_reconciliation::db::embedded::EmbeddedOptions;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::helpers::{PostgresThread, SERVER_BINARY as SERVER, ServerProcess, TestDatabase};
+use crate::helpers::{
+    PostgresThread, SERVER_BINARY as SERVER, ServerProcess, TestDatabase, throwaway_cluster,
+};
 
 /// The scenarios load the machine; running two at once would only measure that.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -199,13 +200,7 @@ async fn postgres_stopped_mid_load_then_started_again() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let scratch = scratch_dir("pg-restart");
     let dir = scratch.path();
-    let mut options = EmbeddedOptions {
-        data_dir: dir.join("data"),
-        log_file: dir.join("postgres.log"),
-        durable: false,
-        bin_dir: None,
-        port: None,
-    };
+    let mut options = throwaway_cluster(dir);
     let postgres = PostgresThread::start(options.clone());
     // It comes back where the server expects it.
     options.port = Some(postgres.port);
