@@ -174,14 +174,16 @@ async fn answer_without_writing(
             .into_iter()
             .map(Contact::from)
             .collect();
-    Ok(match decide(request, &members) {
-        Decision::Unchanged { primary_id } => Some(Identified {
-            identity: Identity::from_members(primary_id, members),
-            outcome: Outcome::Unchanged,
-            merged_primaries: 0,
-        }),
-        Decision::NewPrimary | Decision::Merge(_) => None,
-    })
+    Ok(
+        match decide(request, &members, crate::domain::Limits::default()) {
+            Decision::Unchanged { primary_id } => Some(Identified {
+                identity: Identity::from_members(primary_id, members),
+                outcome: Outcome::Unchanged,
+                merged_primaries: 0,
+            }),
+            Decision::NewPrimary | Decision::Merge(_) | Decision::Held(_) => None,
+        },
+    )
 }
 
 async fn identify_once(
@@ -213,13 +215,14 @@ async fn identify_once(
     }
     let members: Vec<Contact> = members.into_iter().map(Contact::from).collect();
 
-    let decision = decide(request, &members);
+    let decision = decide(request, &members, crate::domain::Limits::default());
     let identity = match &decision {
         Decision::NewPrimary => {
             let row = Contact::from(contacts::insert_contact(conn, email, phone, None).await?);
             Identity::from_members(row.id, vec![row])
         }
         Decision::Unchanged { primary_id } => Identity::from_members(*primary_id, members),
+        Decision::Held(_) => unreachable!("no limits yet"),
         Decision::Merge(merge) => {
             let relink = async {
                 if merge.demoted_primary_ids.is_empty() {

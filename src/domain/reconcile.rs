@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 
-use super::{Email, IdentifyRequest, Phone};
+use super::{ContactValue, Email, IdentifyRequest, Phone};
 
 /// One live contact row, as the reconciliation rules see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,44 @@ pub enum Decision {
     /// Something changes: keep one primary, fold the others into it, and maybe add a
     /// row.
     Merge(Merge),
+    /// The change would push an identity over a limit: nothing changes, the request
+    /// is kept for review (docs/SPEC.md §10.3).
+    Held(Hold),
+}
+
+/// The most emails and phones one identity may gather by requests
+/// (docs/SPEC.md §10.3); `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub max_emails: Option<usize>,
+    pub max_phones: Option<usize>,
+}
+
+/// Which limit a held request would have broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Emails,
+    Phones,
+}
+
+impl LimitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Emails => "emails",
+            LimitKind::Phones => "phones",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The oldest matched primary: the identity the answer shows.
+    pub primary_id: i32,
+    /// Every matched primary, ascending.
+    pub primary_ids: Vec<i32>,
+    pub limit: LimitKind,
+    /// The request's value that matched the largest identity: the likeliest junk.
+    pub suspect: ContactValue,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +129,8 @@ pub enum Outcome {
     /// Two or more identities became one (a secondary may have been added too).
     Merged,
     Unchanged,
+    /// Nothing changed: the request would have pushed an identity over a limit.
+    Held,
 }
 
 impl Outcome {
@@ -100,6 +140,7 @@ impl Outcome {
             Outcome::NewSecondary => "new_secondary",
             Outcome::Merged => "merged",
             Outcome::Unchanged => "unchanged",
+            Outcome::Held => "held",
         }
     }
 }
@@ -111,6 +152,7 @@ impl Decision {
             Decision::Unchanged { .. } => Outcome::Unchanged,
             Decision::Merge(merge) if !merge.demoted_primary_ids.is_empty() => Outcome::Merged,
             Decision::Merge(_) => Outcome::NewSecondary,
+            Decision::Held(_) => Outcome::Held,
         }
     }
 
@@ -118,14 +160,14 @@ impl Decision {
     pub fn merged_primaries(&self) -> usize {
         match self {
             Decision::Merge(merge) => merge.demoted_primary_ids.len(),
-            Decision::NewPrimary | Decision::Unchanged { .. } => 0,
+            Decision::NewPrimary | Decision::Unchanged { .. } | Decision::Held(_) => 0,
         }
     }
 }
 
 /// Decides what `request` changes, given every live member of the identities it
-/// matched (primaries and secondaries, in any order).
-pub fn decide(request: &IdentifyRequest, members: &[Contact]) -> Decision {
+/// matched (primaries and secondaries, in any order) and the identity limits.
+pub fn decide(request: &IdentifyRequest, members: &[Contact], limits: Limits) -> Decision {
     let Some(primary) = members
         .iter()
         .filter(|contact| contact.is_primary())
@@ -153,10 +195,81 @@ pub fn decide(request: &IdentifyRequest, members: &[Contact]) -> Decision {
             primary_id: primary.id,
         };
     }
+    if let Some(hold) = over_limit(request, members, primary.id, limits) {
+        return Decision::Held(hold);
+    }
     Decision::Merge(Merge {
         primary_id: primary.id,
         demoted_primary_ids,
         add_secondary,
+    })
+}
+
+/// The hold for a change that would leave the merged identity with more emails (or
+/// phones) than the limit and than the largest matched identity already had.
+fn over_limit(
+    request: &IdentifyRequest,
+    members: &[Contact],
+    primary_id: i32,
+    limits: Limits,
+) -> Option<Hold> {
+    if limits.max_emails.is_none() && limits.max_phones.is_none() {
+        return None;
+    }
+    // Per matched identity: its members, emails and phones.
+    let mut identities: std::collections::BTreeMap<i32, (usize, HashSet<&Email>, HashSet<&Phone>)> =
+        std::collections::BTreeMap::new();
+    for contact in members {
+        let entry = identities.entry(contact.primary_id()).or_default();
+        entry.0 += 1;
+        entry.1.extend(contact.email.as_ref());
+        entry.2.extend(contact.phone.as_ref());
+    }
+    let mut emails: HashSet<&Email> = identities
+        .values()
+        .flat_map(|i| i.1.iter().copied())
+        .collect();
+    let mut phones: HashSet<&Phone> = identities
+        .values()
+        .flat_map(|i| i.2.iter().copied())
+        .collect();
+    emails.extend(request.email());
+    phones.extend(request.phone());
+    let largest_emails = identities.values().map(|i| i.1.len()).max().unwrap_or(0);
+    let largest_phones = identities.values().map(|i| i.2.len()).max().unwrap_or(0);
+    let limit = if limits
+        .max_emails
+        .is_some_and(|max| emails.len() > max && emails.len() > largest_emails)
+    {
+        LimitKind::Emails
+    } else if limits
+        .max_phones
+        .is_some_and(|max| phones.len() > max && phones.len() > largest_phones)
+    {
+        LimitKind::Phones
+    } else {
+        return None;
+    };
+    // The request's value held by the matched identity with the most members.
+    let (_, (_, largest_emails_set, largest_phones_set)) = identities
+        .iter()
+        .max_by_key(|(primary, identity)| (identity.0, std::cmp::Reverse(**primary)))?;
+    let suspect = match (request.email(), request.phone()) {
+        (Some(email), _) if largest_emails_set.contains(email) => {
+            ContactValue::Email(email.clone())
+        }
+        (_, Some(phone)) if largest_phones_set.contains(phone) => {
+            ContactValue::Phone(phone.clone())
+        }
+        (Some(email), _) => ContactValue::Email(email.clone()),
+        (None, Some(phone)) => ContactValue::Phone(phone.clone()),
+        (None, None) => return None,
+    };
+    Some(Hold {
+        primary_id,
+        primary_ids: identities.keys().copied().collect(),
+        limit,
+        suspect,
     })
 }
 
@@ -254,7 +367,7 @@ mod tests {
                 created_at: at,
                 updated_at: at,
             };
-            match decide(request, &members) {
+            match decide(request, &members, Limits::default()) {
                 Decision::NewPrimary => {
                     let row = next_row(None);
                     self.rows.push(row.clone());
@@ -273,6 +386,7 @@ mod tests {
                     self.rows.extend(inserted.clone());
                     Identity::from_members(merge.primary_id, merge.apply(members, inserted))
                 }
+                Decision::Held(_) => unreachable!("no limits are set"),
             }
         }
     }
@@ -424,7 +538,10 @@ mod tests {
 
     #[test]
     fn nothing_matched_makes_a_new_primary() {
-        assert_eq!(decide(&request("a@x.io", "1"), &[]), Decision::NewPrimary);
+        assert_eq!(
+            decide(&request("a@x.io", "1"), &[], Limits::default()),
+            Decision::NewPrimary
+        );
     }
 
     #[test]
@@ -433,17 +550,21 @@ mod tests {
             contact(1, "a@x.io", "1", None, 0),
             contact(2, "b@x.io", "1", Some(1), 1),
         ];
-        let decision = decide(&request("b@x.io", "1"), &members);
+        let decision = decide(&request("b@x.io", "1"), &members, Limits::default());
         assert_eq!(decision, Decision::Unchanged { primary_id: 1 });
         assert_eq!(decision.outcome(), Outcome::Unchanged);
-        let decision = decide(&IdentifyRequest::parse(None, Some("1")).unwrap(), &members);
+        let decision = decide(
+            &IdentifyRequest::parse(None, Some("1")).unwrap(),
+            &members,
+            Limits::default(),
+        );
         assert_eq!(decision, Decision::Unchanged { primary_id: 1 });
     }
 
     #[test]
     fn a_new_value_adds_a_secondary() {
         let members = [contact(1, "a@x.io", "1", None, 0)];
-        let decision = decide(&request("new@x.io", "1"), &members);
+        let decision = decide(&request("new@x.io", "1"), &members, Limits::default());
         assert_eq!(
             decision,
             Decision::Merge(Merge {
@@ -463,7 +584,8 @@ mod tests {
             contact(9, "c@x.io", "3", None, 9),
             contact(10, "d@x.io", "3", Some(9), 10),
         ];
-        let Decision::Merge(merge) = decide(&request("a@x.io", "2"), &members) else {
+        let Decision::Merge(merge) = decide(&request("a@x.io", "2"), &members, Limits::default())
+        else {
             panic!("expected a merge");
         };
         assert_eq!(merge.primary_id, 3);
@@ -492,5 +614,93 @@ mod tests {
         assert_eq!(emails, ["m@x.io", "a@x.io", "z@x.io"]);
         assert_eq!(phones, ["5", "9"]);
         assert_eq!(identity.secondary_ids, [3, 4, 5]);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn contact(id: i32, email: &str, phone: &str, linked_id: Option<i32>) -> Contact {
+        let at = Utc.timestamp_opt(1_700_000_000 + i64::from(id), 0).unwrap();
+        Contact {
+            id,
+            email: Email::parse(email).unwrap(),
+            phone: Phone::parse(phone).unwrap(),
+            linked_id,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    fn two_emails() -> Limits {
+        Limits {
+            max_emails: Some(2),
+            max_phones: None,
+        }
+    }
+
+    #[test]
+    fn a_new_value_over_the_limit_is_held_with_the_matched_value_as_suspect() {
+        let members = [
+            contact(1, "a@x.io", "9", None),
+            contact(2, "b@x.io", "9", Some(1)),
+        ];
+        let request = IdentifyRequest::parse(Some("c@x.io"), Some("9")).unwrap();
+        let Decision::Held(hold) = decide(&request, &members, two_emails()) else {
+            panic!("expected a hold");
+        };
+        assert_eq!(hold.primary_id, 1);
+        assert_eq!(hold.limit, LimitKind::Emails);
+        assert_eq!(
+            hold.suspect,
+            ContactValue::Phone(Phone::parse("9").unwrap().unwrap())
+        );
+        // A new phone does not add an email: not held.
+        let request = IdentifyRequest::parse(Some("a@x.io"), Some("8")).unwrap();
+        assert!(matches!(
+            decide(&request, &members, two_emails()),
+            Decision::Merge(_)
+        ));
+    }
+
+    #[test]
+    fn a_merge_over_the_limit_is_held_and_suspects_the_larger_identity() {
+        let members = [
+            contact(1, "a@x.io", "9", None),
+            contact(2, "b@x.io", "9", Some(1)),
+            contact(3, "c@x.io", "7", None),
+        ];
+        let request = IdentifyRequest::parse(Some("c@x.io"), Some("9")).unwrap();
+        let Decision::Held(hold) = decide(&request, &members, two_emails()) else {
+            panic!("expected a hold");
+        };
+        assert_eq!(hold.primary_ids, vec![1, 3]);
+        assert_eq!(
+            hold.suspect,
+            ContactValue::Phone(Phone::parse("9").unwrap().unwrap())
+        );
+        assert_eq!(Decision::Held(hold).outcome(), Outcome::Held);
+    }
+
+    #[test]
+    fn an_identity_already_over_the_limit_may_still_gain_what_it_has() {
+        let members = [
+            contact(1, "a@x.io", "9", None),
+            contact(2, "b@x.io", "9", Some(1)),
+            contact(3, "c@x.io", "9", Some(1)),
+        ];
+        let request = IdentifyRequest::parse(Some("c@x.io"), Some("5")).unwrap();
+        assert!(matches!(
+            decide(&request, &members, two_emails()),
+            Decision::Merge(_)
+        ));
+        let request = IdentifyRequest::parse(Some("d@x.io"), Some("9")).unwrap();
+        assert!(matches!(
+            decide(&request, &members, two_emails()),
+            Decision::Held(_)
+        ));
     }
 }
