@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::auth::AuthMode;
 use crate::auth::jwt::{JwtSettings, KeySource};
 use crate::db::PoolSettings;
+use crate::domain::{BlockRules, Limits};
 use crate::server::{ConnectionLimits, effective_max_connections};
 
 #[derive(Debug, Parser)]
@@ -34,8 +35,13 @@ pub enum Command {
     PrintSchema,
     /// Print the OpenAPI document of the REST API, and exit.
     PrintOpenapi,
-    /// Verify invariants I1–I3 over the whole database; exit 1 on any violation.
-    Check,
+    /// Verify invariants I1–I3 and I6 over the whole database (`--deep`: also I7,
+    /// every identity recomputed from contacts and evidence); exit 1 on any violation.
+    Check {
+        /// Also recompute every identity from contacts and the evidence ledger.
+        #[arg(long)]
+        deep: bool,
+    },
     /// Manage API keys (applies pending migrations first).
     Keys {
         #[command(subcommand)]
@@ -248,6 +254,24 @@ pub struct Config {
     #[arg(long, env = "INTROSPECTION", value_enum, default_value_t = Switch::On, global = true)]
     pub introspection: Switch,
 
+    /// The built-in list of junk values that never link anything (docs/SPEC.md §10.3).
+    #[arg(long, env = "BLOCK_DEFAULT_VALUES", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub block_default_values: bool,
+
+    /// A file of blocked values and patterns, one per line (docs/SPEC.md §10.3).
+    #[arg(long, env = "BLOCKED_VALUES_FILE", global = true)]
+    pub blocked_values_file: Option<std::path::PathBuf>,
+
+    /// Most emails one identity may gather by requests before a request is held;
+    /// 0 is no limit.
+    #[arg(long, env = "MAX_IDENTITY_EMAILS", default_value_t = 25, global = true)]
+    pub max_identity_emails: usize,
+
+    /// Most phone numbers one identity may gather by requests before a request is
+    /// held; 0 is no limit.
+    #[arg(long, env = "MAX_IDENTITY_PHONES", default_value_t = 25, global = true)]
+    pub max_identity_phones: usize,
+
     /// Log output format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -320,6 +344,7 @@ impl Config {
     /// The settings no server should start with; the first problem found.
     pub fn validate(&self) -> Result<(), String> {
         self.jwt_settings()?;
+        self.block_rules()?;
         if let Some(token) = &self.metrics_token
             && token.expose().len() < 16
         {
@@ -329,6 +354,30 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The configured blocks: the built-in list (unless switched off) and the file.
+    pub fn block_rules(&self) -> Result<BlockRules, String> {
+        let mut rules = if self.block_default_values {
+            BlockRules::defaults()
+        } else {
+            BlockRules::default()
+        };
+        if let Some(path) = &self.blocked_values_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| format!("BLOCKED_VALUES_FILE {}: {err}", path.display()))?;
+            let file = BlockRules::parse(&text)
+                .map_err(|err| format!("BLOCKED_VALUES_FILE {}: {err}", path.display()))?;
+            rules.extend(file);
+        }
+        Ok(rules)
+    }
+
+    pub fn identity_limits(&self) -> Limits {
+        Limits {
+            max_emails: (self.max_identity_emails > 0).then_some(self.max_identity_emails),
+            max_phones: (self.max_identity_phones > 0).then_some(self.max_identity_phones),
+        }
     }
 
     pub fn auth_cache(&self) -> Duration {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::{AuthFailure, Denied, Scope};
-use crate::domain::InputError;
+use crate::domain::{Field, InputError};
 use crate::service::ServiceError;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,7 @@ pub enum ApiError {
     Unavailable,
     /// A use case failed; whether the client may retry depends on why. The cause is
     /// logged when the answer is made, never sent.
-    #[error("{}", if .0.is_unavailable() { "the database is unavailable; try again shortly" } else { "internal error" })]
+    #[error("{}", service_message(.0))]
     Service(#[from] ServiceError),
     #[error("the request took too long; try again shortly")]
     Timeout,
@@ -43,6 +43,18 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("internal error")]
     Internal,
+}
+
+/// What a client is told about a failed use case: its own mistakes in full, the
+/// server's in a fixed phrase.
+fn service_message(err: &ServiceError) -> String {
+    match err {
+        ServiceError::Blocked(_) | ServiceError::Refused(_) | ServiceError::NotFound(_) => {
+            err.to_string()
+        }
+        err if err.is_unavailable() => "the database is unavailable; try again shortly".to_owned(),
+        _ => "internal error".to_owned(),
+    }
 }
 
 impl ApiError {
@@ -58,6 +70,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Service(err) if err.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Service(ServiceError::Blocked(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Service(ServiceError::Refused(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Service(ServiceError::NotFound(_)) => StatusCode::NOT_FOUND,
             ApiError::Service(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -77,6 +92,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::Unavailable => "SERVICE_UNAVAILABLE",
             ApiError::Service(err) if err.is_unavailable() => "SERVICE_UNAVAILABLE",
+            ApiError::Service(ServiceError::Blocked(_)) => "BLOCKED_VALUE",
+            ApiError::Service(ServiceError::Refused(_)) => "BAD_REQUEST",
+            ApiError::Service(ServiceError::NotFound(_)) => "NOT_FOUND",
             ApiError::Service(_) => "INTERNAL",
             ApiError::Timeout => "TIMEOUT",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
@@ -125,7 +143,9 @@ impl ApiError {
     /// Logs what the client is not told: the cause of a failed use case. Called
     /// once, where the answer is made.
     fn log_cause(&self) {
-        if let ApiError::Service(err) = self {
+        if let ApiError::Service(err) = self
+            && self.status().is_server_error()
+        {
             if err.is_unavailable() {
                 tracing::warn!(error = %err, "database unavailable");
             } else {
@@ -149,6 +169,15 @@ impl IntoResponse for ApiError {
         self.log_cause();
         let field = match &self {
             ApiError::InvalidInput(InputError { field, .. }) => Some(field.as_str().to_owned()),
+            ApiError::Service(ServiceError::Blocked(dropped)) => Some(
+                match (dropped.email, dropped.phone) {
+                    (true, true) => Field::Body,
+                    (true, false) => Field::Email,
+                    _ => Field::PhoneNumber,
+                }
+                .as_str()
+                .to_owned(),
+            ),
             _ => None,
         };
         let body = ErrorBody {

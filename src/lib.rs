@@ -14,6 +14,7 @@ pub mod graphql;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
+pub mod repair;
 pub mod rest;
 pub mod server;
 pub mod service;

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             println!("{}", openapi::json());
             return ExitCode::SUCCESS;
         }
-        Command::Serve | Command::Migrate | Command::Check | Command::Keys { .. } => {}
+        Command::Serve | Command::Migrate | Command::Check { .. } | Command::Keys { .. } => {}
     }
     telemetry::init(cli.config.log_format);
     match run(command, cli.config) {
@@ -94,8 +94,8 @@ async fn run_async(command: Command, config: Config) -> Result<ExitCode, String>
         &config.pool_settings(),
         statements.clone(),
     )?;
-    if command == Command::Check {
-        return check(&pool).await;
+    if let Command::Check { deep } = command {
+        return check(&pool, deep).await;
     }
     let applied = db::run_migrations(&pool)
         .await
@@ -212,12 +212,19 @@ async fn keys(pool: &db::DbPool, action: KeysCommand) -> Result<ExitCode, String
 }
 
 /// Prints one line per invariant; fails when any is violated.
-async fn check(pool: &db::DbPool) -> Result<ExitCode, String> {
+async fn check(pool: &db::DbPool, deep: bool) -> Result<ExitCode, String> {
     let mut connection = pool.get().await.map_err(|err| err.to_string())?;
     let started = std::time::Instant::now();
-    let reports = db::invariants::check(&mut connection)
+    let mut reports = db::invariants::check(&mut connection)
         .await
         .map_err(|err| err.to_string())?;
+    if deep {
+        reports.push(
+            db::invariants::check_evidence(&mut connection)
+                .await
+                .map_err(|err| err.to_string())?,
+        );
+    }
     let mut violations = 0;
     for report in &reports {
         violations += report.violations;

@@ -5,7 +5,7 @@ use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::rest;
-use crate::rest::identify::{IdentifyRequestBody, IdentifyResponse, IdentityBody};
+use crate::rest::identify::{IdentifyRequestBody, IdentifyResponse, IdentityBody, OutcomeBody};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,7 @@ use crate::rest::identify::{IdentifyRequestBody, IdentifyResponse, IdentityBody}
     components(schemas(
         IdentifyRequestBody,
         IdentifyResponse,
+        OutcomeBody,
         IdentityBody,
         ErrorBody,
         ErrorDetail

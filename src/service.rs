@@ -30,14 +30,19 @@
 //! Round trips: 1 for a request that changes nothing; otherwise that read, BEGIN,
 //! the three locked reads, the writes, COMMIT — five.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use diesel_async::AsyncConnection;
-use futures_util::future::{try_join, try_join3};
+use futures_util::future::{try_join, try_join4};
 use tracing::Instrument;
 
-use crate::db::{DbError, DbPool, contacts};
-use crate::domain::{Contact, Decision, IdentifyRequest, Identity, Outcome, decide};
+use crate::db::contacts::Provenance;
+use crate::db::{DbError, DbPool, contacts, graph};
+use crate::domain::{
+    BlockRules, Contact, ContactValue, Decision, Dropped, IdentifyRequest, Identity, Limits,
+    Outcome, Screened, decide, screen,
+};
 
 /// A commit can still race under pathological contention; after this many attempts
 /// the caller gets a retryable "unavailable" instead of an endless loop.
@@ -51,6 +56,25 @@ pub struct Identified {
     pub outcome: Outcome,
     /// How many primaries this call turned secondary.
     pub merged_primaries: usize,
+    /// The held record, for outcome `Held`.
+    pub held_id: Option<i64>,
+}
+
+/// The guardrails an identify runs under (docs/SPEC.md §10.3).
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// The built-in and file blocks; the database's are read in the transaction.
+    pub rules: Arc<BlockRules>,
+    pub limits: Limits,
+}
+
+impl Policy {
+    fn blocks(&self, value: &ContactValue) -> bool {
+        match value {
+            ContactValue::Email(email) => self.rules.blocks_email(email),
+            ContactValue::Phone(phone) => self.rules.blocks_phone(phone),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +87,24 @@ pub enum ServiceError {
     /// The task running the use case panicked: a bug, reported as what it is.
     #[error("the identify task panicked: {0}")]
     Panicked(String),
+    /// Every value of the request is blocked (docs/SPEC.md §10.3).
+    #[error("{}", blocked_message(.0))]
+    Blocked(Dropped),
+    /// An administrator's request that cannot apply as asked.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+fn blocked_message(dropped: &Dropped) -> &'static str {
+    match (dropped.email, dropped.phone) {
+        (true, true) => {
+            "both the email and the phoneNumber are blocked values that never link customers"
+        }
+        (true, false) => "the email is a blocked value that never links customers",
+        _ => "the phoneNumber is a blocked value that never links customers",
+    }
 }
 
 impl ServiceError {
@@ -71,7 +113,10 @@ impl ServiceError {
         match self {
             ServiceError::Db(err) => err.is_unavailable(),
             ServiceError::Contended => true,
-            ServiceError::Panicked(_) => false,
+            ServiceError::Panicked(_)
+            | ServiceError::Blocked(_)
+            | ServiceError::Refused(_)
+            | ServiceError::NotFound(_) => false,
         }
     }
 }
@@ -89,9 +134,14 @@ impl From<diesel_async::pooled_connection::deadpool::PoolError> for ServiceError
 }
 
 /// Why one attempt's transaction was rolled back.
-enum AttemptError {
+pub(crate) enum AttemptError {
     /// A merge committed between our match and our lock: start over.
     Raced,
+    /// Values an administrator blocked after we screened the request: start over
+    /// without them.
+    Blocked(Vec<ContactValue>),
+    /// An administrator's request that cannot apply (an approval of a resolved hold).
+    Refused(ServiceError),
     Database(diesel::result::Error),
 }
 
@@ -105,12 +155,17 @@ impl From<diesel::result::Error> for AttemptError {
 ///
 /// The work runs in its own task: a client that hangs up mid-request must not cancel
 /// a transaction half way and hand a connection with an open transaction back to the pool.
-pub async fn identify(pool: &DbPool, request: IdentifyRequest) -> Result<Identified, ServiceError> {
+pub async fn identify(
+    pool: &DbPool,
+    request: IdentifyRequest,
+    policy: Policy,
+    request_id: Option<String>,
+) -> Result<Identified, ServiceError> {
     let pool = pool.clone();
     let span = tracing::info_span!("identify", outcome = tracing::field::Empty, attempts = 1);
     let task = tokio::spawn(
         async move {
-            let result = identify_with_retry(&pool, &request).await;
+            let result = identify_with_retry(&pool, &request, &policy, request_id.as_deref()).await;
             if let Ok(identified) = &result {
                 tracing::Span::current().record("outcome", identified.outcome.as_str());
             }
@@ -128,15 +183,24 @@ pub async fn identify(pool: &DbPool, request: IdentifyRequest) -> Result<Identif
 
 async fn identify_with_retry(
     pool: &DbPool,
-    request: &IdentifyRequest,
+    original: &IdentifyRequest,
+    policy: &Policy,
+    request_id: Option<&str>,
 ) -> Result<Identified, ServiceError> {
     let mut connection = pool.get().await?;
-    if let Some(identified) = answer_without_writing(&connection, request).await? {
+    // Blocks found in the database mid-attempt; the configured ones are in `policy`.
+    let mut blocked_in_database: HashSet<ContactValue> = HashSet::new();
+    let mut screened = screen_request(original, policy, &blocked_in_database)?;
+    if let Some(identified) = answer_without_writing(&connection, &screened).await? {
         return Ok(identified);
     }
     for attempt in 1..=MAX_ATTEMPTS {
+        let options = Options {
+            limits: policy.limits,
+            request_id,
+        };
         match connection
-            .transaction(async |conn| identify_once(conn, request).await)
+            .transaction(async |conn| identify_once(conn, &screened, options).await)
             .await
         {
             Ok(identified) => {
@@ -146,6 +210,11 @@ async fn identify_with_retry(
             Err(AttemptError::Raced) => {
                 tracing::debug!(attempt, "primary demoted concurrently, retrying")
             }
+            Err(AttemptError::Blocked(values)) => {
+                blocked_in_database.extend(values);
+                screened = screen_request(original, policy, &blocked_in_database)?;
+            }
+            Err(AttemptError::Refused(err)) => return Err(err),
             Err(AttemptError::Database(err)) => match DbError::from(err) {
                 DbError::Conflict(conflict) => {
                     tracing::debug!(attempt, error = %conflict, "transient conflict, retrying");
@@ -155,6 +224,28 @@ async fn identify_with_retry(
         }
     }
     Err(ServiceError::Contended)
+}
+
+/// The request without its blocked values; refused when none is left.
+pub(crate) fn screen_request(
+    request: &IdentifyRequest,
+    policy: &Policy,
+    blocked_in_database: &HashSet<ContactValue>,
+) -> Result<IdentifyRequest, ServiceError> {
+    match screen(request, |value| {
+        policy.blocks(value) || blocked_in_database.contains(value)
+    }) {
+        Screened::Kept(kept, _) => Ok(kept),
+        Screened::AllBlocked(dropped) => Err(ServiceError::Blocked(dropped)),
+    }
+}
+
+/// How one attempt runs: with the identity limits, or without them for an
+/// approval; the request id goes into the ledger.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options<'a> {
+    pub limits: Limits,
+    pub request_id: Option<&'a str>,
 }
 
 /// The read-only fast path: when one snapshot shows every value of the request in
@@ -174,32 +265,38 @@ async fn answer_without_writing(
             .into_iter()
             .map(Contact::from)
             .collect();
-    Ok(
-        match decide(request, &members, crate::domain::Limits::default()) {
-            Decision::Unchanged { primary_id } => Some(Identified {
-                identity: Identity::from_members(primary_id, members),
-                outcome: Outcome::Unchanged,
-                merged_primaries: 0,
-            }),
-            Decision::NewPrimary | Decision::Merge(_) | Decision::Held(_) => None,
-        },
-    )
+    // Limits only hold back changes; an unchanged answer is never held.
+    Ok(match decide(request, &members, Limits::default()) {
+        Decision::Unchanged { primary_id } => Some(Identified {
+            identity: Identity::from_members(primary_id, members),
+            outcome: Outcome::Unchanged,
+            merged_primaries: 0,
+            held_id: None,
+        }),
+        Decision::NewPrimary | Decision::Merge(_) | Decision::Held(_) => None,
+    })
 }
 
-async fn identify_once(
+pub(crate) async fn identify_once(
     conn: &mut diesel_async::AsyncPgConnection,
     request: &IdentifyRequest,
+    options: Options<'_>,
 ) -> Result<Identified, AttemptError> {
     // A shared borrow lets independent statements be pipelined: sent together, run
     // by PostgreSQL one after the other in the order sent, each on a fresh snapshot.
     let conn: &diesel_async::AsyncPgConnection = conn;
     let (email, phone) = (request.email(), request.phone());
-    let ((), primaries, members) = try_join3(
+    let ((), primaries, members, blocked) = try_join4(
         contacts::lock_values(conn, email, phone),
         contacts::lock_matched_primaries(conn, email, phone),
         contacts::load_members_matching(conn, email, phone),
+        // After the value locks: a block committed while we waited is seen here.
+        graph::blocked_among(conn, email, phone),
     )
     .await?;
+    if !blocked.is_empty() {
+        return Err(AttemptError::Blocked(blocked));
+    }
     // A merge that committed between the match and the lock demoted a primary we
     // locked: start over rather than act on a stale picture.
     if primaries.iter().any(|primary| primary.linked_id.is_some()) {
@@ -215,26 +312,58 @@ async fn identify_once(
     }
     let members: Vec<Contact> = members.into_iter().map(Contact::from).collect();
 
-    let decision = decide(request, &members, crate::domain::Limits::default());
+    let decision = decide(request, &members, options.limits);
+    let mut held_id = None;
     let identity = match &decision {
         Decision::NewPrimary => {
-            let row = Contact::from(contacts::insert_contact(conn, email, phone, None).await?);
+            let provenance = Provenance {
+                email,
+                phone,
+                request_id: options.request_id,
+            };
+            let row = contacts::insert_contact(conn, email, phone, None, provenance).await?;
+            let row = Contact::from(row);
             Identity::from_members(row.id, vec![row])
         }
         Decision::Unchanged { primary_id } => Identity::from_members(*primary_id, members),
-        Decision::Held(_) => unreachable!("no limits yet"),
+        Decision::Held(hold) => {
+            held_id = Some(graph::record_held(conn, request, hold, options.request_id).await?);
+            let as_it_stands = members
+                .into_iter()
+                .filter(|member| member.primary_id() == hold.primary_id)
+                .collect();
+            Identity::from_members(hold.primary_id, as_it_stands)
+        }
         Decision::Merge(merge) => {
             let relink = async {
                 if merge.demoted_primary_ids.is_empty() {
                     return Ok(Vec::new());
                 }
-                contacts::merge_into(conn, merge.primary_id, &merge.demoted_primary_ids).await
+                let (relinked, ()) = try_join(
+                    contacts::merge_into(conn, merge.primary_id, &merge.demoted_primary_ids),
+                    graph::record_merges(
+                        conn,
+                        merge.primary_id,
+                        &merge.demoted_primary_ids,
+                        email,
+                        phone,
+                        options.request_id,
+                    ),
+                )
+                .await?;
+                Ok(relinked)
             };
             let insert = async {
                 if !merge.add_secondary {
                     return Ok(None);
                 }
-                contacts::insert_contact(conn, email, phone, Some(merge.primary_id))
+                // The ledger records which of the request's values matched.
+                let provenance = Provenance {
+                    email: email.filter(|e| members.iter().any(|m| m.email.as_ref() == Some(*e))),
+                    phone: phone.filter(|p| members.iter().any(|m| m.phone.as_ref() == Some(*p))),
+                    request_id: options.request_id,
+                };
+                contacts::insert_contact(conn, email, phone, Some(merge.primary_id), provenance)
                     .await
                     .map(|row| Some(Contact::from(row)))
             };
@@ -256,6 +385,7 @@ async fn identify_once(
         identity,
         outcome: decision.outcome(),
         merged_primaries: decision.merged_primaries(),
+        held_id,
     })
 }
 

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::db::{DbPool, StatementCounter};
+use crate::domain::BlockRules;
 use crate::metrics::Metrics;
 use crate::middleware::RateLimiter;
-use crate::service::Identified;
+use crate::service::{Identified, Policy};
 
 /// What every handler shares.
 pub struct App {
@@ -21,6 +22,9 @@ pub struct App {
     /// `None` when rate limiting is off (the default).
     pub rate_limiter: Option<RateLimiter>,
     pub auth: Authenticator,
+    /// The guardrails of docs/SPEC.md §10.3 from configuration; the database's
+    /// blocks are read inside each identify.
+    pub policy: Policy,
     pub config: Config,
 }
 
@@ -43,6 +47,15 @@ impl AppState {
                 config.jwt_settings().ok().flatten(),
                 config.host.is_loopback() || config.allow_anonymous,
             ),
+            // main refuses to start on an unreadable file; tests pass valid ones.
+            policy: Policy {
+                rules: Arc::new(
+                    config
+                        .block_rules()
+                        .unwrap_or_else(|_| BlockRules::defaults()),
+                ),
+                limits: config.identity_limits(),
+            },
             config,
         }))
     }

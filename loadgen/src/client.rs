@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::report::error_chain;
 
-const GRAPHQL_IDENTIFY: &str = "mutation($e:String,$p:String){identify(input:{email:$e,phoneNumber:$p}){primaryContactId emails phoneNumbers secondaryContactIds}}";
+const GRAPHQL_IDENTIFY: &str = "mutation($e:String,$p:String){identify(input:{email:$e,phoneNumber:$p}){primaryContactId emails phoneNumbers secondaryContactIds outcome}}";
 
 /// Largest answer read. A merged identity lists all its values, so answers grow with
 /// contention, yet a misbehaving server must not exhaust the generator's memory.
@@ -89,11 +89,26 @@ pub struct Answer {
     pub emails: Vec<String>,
     pub phone_numbers: Vec<String>,
     pub secondary_contact_ids: Vec<i32>,
+    /// What the call changed, when the server says (`held`: nothing was linked).
+    #[serde(default)]
+    pub outcome: Option<String>,
+}
+
+impl Answer {
+    /// The server held the request for review: it linked and stored nothing, and
+    /// the answer is a matched identity as it stood (docs/SPEC.md §10.3).
+    pub fn is_held(&self) -> bool {
+        self.outcome
+            .as_deref()
+            .is_some_and(|outcome| outcome.eq_ignore_ascii_case("held"))
+    }
 }
 
 #[derive(Deserialize)]
 struct RestReply {
     contact: Answer,
+    #[serde(default)]
+    outcome: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -324,7 +339,10 @@ impl IdentifyClient {
         };
         match self.api {
             Api::Rest => serde_json::from_slice::<RestReply>(body)
-                .map(|reply| reply.contact)
+                .map(|reply| Answer {
+                    outcome: reply.outcome,
+                    ..reply.contact
+                })
                 .map_err(invalid),
             Api::Graphql => {
                 let reply: GraphqlReply = serde_json::from_slice(body).map_err(invalid)?;

@@ -417,6 +417,7 @@ fn facts(
         elapsed_s: outcome.elapsed.as_secs_f64(),
         requests: tally.requests,
         ok: tally.ok,
+        held: tally.held,
         latency_us: tally.latency_us,
         statuses: tally.statuses,
         errors: tally.errors,

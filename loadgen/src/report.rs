@@ -153,6 +153,8 @@ pub struct Summary {
     pub stopped_by: StopReason,
     pub requests: u64,
     pub ok: u64,
+    /// Answers held for review (`outcome: held`), among `ok`.
+    pub held: u64,
     pub duration_s: f64,
     pub rps: f64,
     pub ok_rps: f64,
@@ -197,6 +199,7 @@ pub struct Facts {
     pub elapsed_s: f64,
     pub requests: u64,
     pub ok: u64,
+    pub held: u64,
     pub latency_us: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
     pub errors: BTreeMap<String, ErrorTally>,
@@ -222,6 +225,7 @@ impl Summary {
             stopped_by: facts.stopped_by,
             requests: facts.requests,
             ok: facts.ok,
+            held: facts.held,
             duration_s: facts.elapsed_s,
             rps: per_second(facts.requests, facts.elapsed_s),
             ok_rps: per_second(facts.ok, facts.elapsed_s),
@@ -361,6 +365,9 @@ impl Summary {
     fn write_traffic(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "requests   {:>10}   {:>10.1}/s", self.requests, self.rps)?;
         writeln!(f, "ok (200)   {:>10}   {:>10.1}/s", self.ok, self.ok_rps)?;
+        if self.held > 0 {
+            writeln!(f, "  held     {:>10}", self.held)?;
+        }
         writeln!(
             f,
             "failed     {:>10}   {:>10.2}%",

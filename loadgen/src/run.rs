@@ -80,6 +80,9 @@ pub struct ErrorTally {
 pub struct Tally {
     pub requests: u64,
     pub ok: u64,
+    /// Answers with outcome `held`: nothing linked, so neither acknowledged nor
+    /// checked as an identity.
+    pub held: u64,
     /// Microseconds, for every request that got an HTTP answer.
     pub latency_us: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
@@ -95,6 +98,7 @@ impl Tally {
         Self {
             requests: 0,
             ok: 0,
+            held: 0,
             latency_us: latency_histogram(),
             statuses: BTreeMap::new(),
             errors: BTreeMap::new(),
@@ -117,6 +121,7 @@ impl Tally {
     fn merge(&mut self, other: Tally) {
         self.requests += other.requests;
         self.ok += other.ok;
+        self.held += other.held;
         // Both histograms have the same bounds, so adding cannot fail.
         self.latency_us.add(&other.latency_us).ok();
         for (status, count) in other.statuses {
@@ -371,6 +376,16 @@ fn record(
             .saturating_record(micros);
     }
     match reply.result {
+        Ok(answer) if answer.is_held() => {
+            tally.ok += 1;
+            tally.held += 1;
+            shared.live.ok.fetch_add(1, Ordering::Relaxed);
+            // Known not applied; counted among the sent, the model stays an upper bound.
+            if let Some(model) = &mut tally.model {
+                model.record_sent(request);
+            }
+            false
+        }
         Ok(answer) => {
             tally.ok += 1;
             shared.live.ok.fetch_add(1, Ordering::Relaxed);

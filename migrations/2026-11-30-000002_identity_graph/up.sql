@@ -32,11 +32,12 @@ CREATE INDEX identity_events_merge_email_idx ON identity_events (email)
 CREATE INDEX identity_events_merge_phone_idx ON identity_events (phone_number)
     WHERE kind IN ('merged', 'blocked');
 
--- Contacts linked before the ledger existed: the evidence is the link itself.
+-- Contacts from before the ledger: each primary's creation, and each secondary's
+-- link, whose evidence is the link itself (the values that made it are unknown).
 INSERT INTO identity_events (kind, contact_id, primary_id, pre_ledger, created_at)
-SELECT 'linked', id, linked_id, true, updated_at
+SELECT CASE WHEN linked_id IS NULL THEN 'created' ELSE 'linked' END::identity_event_kind,
+       id, coalesce(linked_id, id), true, created_at
 FROM contacts
-WHERE linked_id IS NOT NULL
 ORDER BY id;
 
 -- Values an administrator blocked (§10.3); the built-in list and the file live in

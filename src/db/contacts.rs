@@ -106,7 +106,17 @@ pub async fn load_members(
         .await
 }
 
-/// Inserts a contact: a primary when `linked_id` is `None`, else a secondary of it.
+/// What the ledger records about an inserted contact: the request's values that
+/// matched (for a new primary, its own values) and the request's id.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Provenance<'a> {
+    pub email: Option<&'a Email>,
+    pub phone: Option<&'a Phone>,
+    pub request_id: Option<&'a str>,
+}
+
+/// Inserts a contact, a primary when `linked_id` is `None`, else a secondary of it,
+/// and its `created` or `linked` event, in one statement.
 ///
 /// `created_at` is the clock at insert time, not the transaction's start (`now()`):
 /// a transaction that waited for a lock must not stamp its row older than rows
@@ -116,6 +126,7 @@ pub async fn insert_contact(
     email: Option<&Email>,
     phone: Option<&Phone>,
     linked_id: Option<i32>,
+    provenance: Provenance<'_>,
 ) -> QueryResult<ContactRecord> {
     let precedence = if linked_id.is_some() {
         "secondary"
@@ -123,17 +134,28 @@ pub async fn insert_contact(
         "primary"
     };
     static_sql!(
-        InsertContactSql = "INSERT INTO contacts \
-             (email, phone_number, linked_id, link_precedence, created_at, updated_at) \
-         SELECT $1, $2, $3, $4::link_precedence, clock.now, clock.now \
-         FROM (SELECT clock_timestamp() AS now) AS clock \
-         RETURNING id, phone_number, email, linked_id, created_at, updated_at"
+        InsertContactSql = "WITH inserted AS ( \
+             INSERT INTO contacts \
+                 (email, phone_number, linked_id, link_precedence, created_at, updated_at) \
+             SELECT $1, $2, $3, $4::link_precedence, clock.now, clock.now \
+             FROM (SELECT clock_timestamp() AS now) AS clock \
+             RETURNING id, phone_number, email, linked_id, created_at, updated_at), \
+         event AS ( \
+             INSERT INTO identity_events \
+                 (kind, contact_id, primary_id, email, phone_number, request_id, created_at) \
+             SELECT CASE WHEN linked_id IS NULL THEN 'created' ELSE 'linked' END::identity_event_kind, \
+                    id, coalesce(linked_id, id), $5, $6, $7, created_at \
+             FROM inserted) \
+         SELECT id, phone_number, email, linked_id, created_at, updated_at FROM inserted"
     );
     Prepared::<InsertContactSql, _>::new((
         Bind::<Nullable<Text>, _>::new(email.map(Email::as_str)),
         Bind::<Nullable<Text>, _>::new(phone.map(Phone::as_str)),
         Bind::<Nullable<Int4>, _>::new(linked_id),
         Bind::<Text, _>::new(precedence),
+        Bind::<Nullable<Text>, _>::new(provenance.email.map(Email::as_str)),
+        Bind::<Nullable<Text>, _>::new(provenance.phone.map(Phone::as_str)),
+        Bind::<Nullable<Text>, _>::new(provenance.request_id),
     ))
     .get_result(&mut conn)
     .await

@@ -55,6 +55,27 @@ const CHECKS: &[(&str, &str)] = &[
          FROM contacts WHERE deleted_at IS NULL AND phone_number IS NOT NULL \
          GROUP BY phone_number HAVING count(DISTINCT coalesce(linked_id, id)) > 1",
     ),
+    (
+        "I6: no contact holds a value an administrator blocked",
+        "SELECT format('contact %s holds a blocked email #%s', c.id, md5(c.email)) AS detail \
+         FROM contacts c JOIN blocked_values b ON b.kind = 'email' AND b.value = c.email \
+         UNION ALL \
+         SELECT format('contact %s holds a blocked phone #%s', c.id, md5(c.phone_number)) \
+         FROM contacts c JOIN blocked_values b ON b.kind = 'phone' AND b.value = c.phone_number",
+    ),
+    (
+        "ledger: every live contact has the event that created or linked it",
+        "SELECT format('contact %s has no created or linked event', c.id) AS detail \
+         FROM contacts c WHERE c.deleted_at IS NULL AND NOT EXISTS ( \
+             SELECT 1 FROM identity_events e \
+             WHERE e.contact_id = c.id AND e.kind IN ('created', 'linked'))",
+    ),
+    (
+        "ledger: every held request has its held event",
+        "SELECT format('held request %s has no held event', h.id) AS detail \
+         FROM held_requests h WHERE NOT EXISTS ( \
+             SELECT 1 FROM identity_events e WHERE e.kind = 'held' AND e.held_id = h.id)",
+    ),
 ];
 
 /// How many examples each report carries.
@@ -77,4 +98,67 @@ pub async fn check(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<Inva
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// I7 (docs/SPEC.md §10.1): every identity recomputed from the live contacts and the
+/// ledger's evidence alone, compared with the identities of `linked_id`. Reads the
+/// whole graph into memory: an operator's tool, not a hot path.
+pub async fn check_evidence(conn: &mut AsyncPgConnection) -> diesel::QueryResult<InvariantReport> {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
+
+    use super::contacts::ContactRecord;
+    use super::schema::contacts;
+    use crate::domain::{Contact, components, live_evidence};
+
+    let rows: Vec<ContactRecord> = contacts::table
+        .filter(contacts::deleted_at.is_null())
+        .select(ContactRecord::as_select())
+        .load(conn)
+        .await?;
+    let live: Vec<Contact> = rows.into_iter().map(Contact::from).collect();
+    let evidence = live_evidence(super::graph::all_evidence(conn).await?);
+    let mut linked: BTreeMap<i32, BTreeSet<i32>> = BTreeMap::new();
+    for contact in &live {
+        linked
+            .entry(contact.primary_id())
+            .or_default()
+            .insert(contact.id);
+    }
+    let mut examples = Vec::new();
+    let mut violations = 0;
+    for component in components(&live, &evidence) {
+        let primaries: BTreeSet<i32> = component.iter().map(Contact::primary_id).collect();
+        let ids: BTreeSet<i32> = component.iter().map(|c| c.id).collect();
+        let whole = primaries.len() == 1
+            && primaries
+                .iter()
+                .next()
+                .is_some_and(|primary| linked.get(primary) == Some(&ids));
+        if whole {
+            continue;
+        }
+        violations += 1;
+        if examples.len() < EXAMPLES {
+            let primaries: Vec<String> = primaries.iter().map(i32::to_string).collect();
+            examples.push(if primaries.len() > 1 {
+                format!(
+                    "evidence joins identities {} that linked_id keeps apart",
+                    primaries.join(", ")
+                )
+            } else {
+                format!(
+                    "identity {} holds contacts no evidence joins to contact {}",
+                    primaries.join(", "),
+                    component[0].id
+                )
+            });
+        }
+    }
+    Ok(InvariantReport {
+        invariant: "I7: evidence alone rebuilds every identity (check --deep)".to_owned(),
+        violations,
+        examples,
+    })
 }

@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod contacts;
 pub mod embedded;
 mod error;
+pub mod graph;
 pub mod invariants;
 pub mod prepared;
 pub mod schema;

@@ -55,6 +55,40 @@ impl_binds!((S0, T0, 0));
 impl_binds!((S0, T0, 0), (S1, T1, 1));
 impl_binds!((S0, T0, 0), (S1, T1, 1), (S2, T2, 2));
 impl_binds!((S0, T0, 0), (S1, T1, 1), (S2, T2, 2), (S3, T3, 3));
+impl_binds!(
+    (S0, T0, 0),
+    (S1, T1, 1),
+    (S2, T2, 2),
+    (S3, T3, 3),
+    (S4, T4, 4)
+);
+impl_binds!(
+    (S0, T0, 0),
+    (S1, T1, 1),
+    (S2, T2, 2),
+    (S3, T3, 3),
+    (S4, T4, 4),
+    (S5, T5, 5)
+);
+impl_binds!(
+    (S0, T0, 0),
+    (S1, T1, 1),
+    (S2, T2, 2),
+    (S3, T3, 3),
+    (S4, T4, 4),
+    (S5, T5, 5),
+    (S6, T6, 6)
+);
+impl_binds!(
+    (S0, T0, 0),
+    (S1, T1, 1),
+    (S2, T2, 2),
+    (S3, T3, 3),
+    (S4, T4, 4),
+    (S5, T5, 5),
+    (S6, T6, 6),
+    (S7, T7, 7)
+);
 
 /// The query `M::SQL` with `binds`.
 pub struct Prepared<M, B> {

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     ServiceUnavailable,
     /// Too many requests (or unknown credentials) from this client.
     RateLimited,
+    /// Every value of an `identify` is blocked (docs/SPEC.md §10.3).
+    BlockedValue,
     /// A bug or a broken database; never the client's fault.
     Internal,
 }
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::BlockedValue => "BLOCKED_VALUE",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -165,7 +168,19 @@ impl From<DbError> for async_graphql::Error {
 
 impl From<ServiceError> for async_graphql::Error {
     fn from(err: ServiceError) -> Self {
-        failure(err.is_unavailable(), err)
+        match &err {
+            ServiceError::Blocked(dropped) => {
+                let field = match (dropped.email, dropped.phone) {
+                    (true, true) => "input",
+                    (true, false) => "email",
+                    _ => "phoneNumber",
+                };
+                ErrorCode::BlockedValue.argument_error(field, err.to_string())
+            }
+            ServiceError::Refused(_) => ErrorCode::BadUserInput.error(err.to_string()),
+            ServiceError::NotFound(_) => ErrorCode::NotFound.error(err.to_string()),
+            _ => failure(err.is_unavailable(), err),
+        }
     }
 }
 

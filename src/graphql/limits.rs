@@ -32,6 +32,12 @@ pub const MAX_COMPLEXITY: usize = 2_500;
 pub const IDENTITY_VALUES_COST: usize = 10;
 /// Cost of a root field that reads the database on its own (no loader to share).
 pub const LOOKUP_COST: usize = 10;
+/// `Contact.linkedBecause` reads the identity and its evidence.
+pub const LINKED_BECAUSE_COST: usize = 20;
+/// The longest chain `Contact.linkedBecause` answers with.
+pub const MAX_CHAIN_STEPS: usize = 50;
+/// Each of the administrators' repairs (docs/SPEC.md §10.3–§10.4).
+pub const REPAIR_COST: usize = 50;
 /// Most directives on one field (`@skip`, `@include`: two are ever useful).
 pub const MAX_DIRECTIVES_PER_FIELD: usize = 4;
 /// Most errors in one answer: a document with thousands of mistakes gets the first
@@ -44,14 +50,14 @@ pub fn page_size(first: Option<i32>) -> i32 {
 }
 
 /// A page request (`first`, `after`) checked against the page bounds.
-#[derive(Debug, Clone, Copy)]
-pub struct Page {
+#[derive(Debug, Clone)]
+pub struct Page<C = i32> {
     pub first: usize,
-    /// The id the previous page ended with.
-    pub after: Option<i32>,
+    /// The key the previous page ended with (a contact id unless said otherwise).
+    pub after: Option<C>,
 }
 
-impl Page {
+impl<C: serde::Serialize + serde::de::DeserializeOwned + Send + Sync> Page<C> {
     pub fn parse(first: Option<i32>, after: Option<String>) -> async_graphql::Result<Self> {
         use async_graphql::connection::{CursorType, OpaqueCursor};
         let first = first.unwrap_or(DEFAULT_PAGE_SIZE);
@@ -63,7 +69,7 @@ impl Page {
         }
         let after = after
             .map(|cursor| {
-                OpaqueCursor::<i32>::decode_cursor(&cursor)
+                OpaqueCursor::<C>::decode_cursor(&cursor)
                     .map(|OpaqueCursor(id)| id)
                     .map_err(|_| {
                         ErrorCode::BadUserInput

@@ -30,7 +30,7 @@ pub use query::QueryRoot;
 use crate::auth::{AuthFailure, Authentication, Masking, Scope};
 use crate::config::Switch;
 use crate::error::ApiError;
-use crate::middleware::{RateLimitClient, rate_limited};
+use crate::middleware::{RateLimitClient, RequestId, rate_limited};
 use crate::state::AppState;
 use crate::strict_json;
 
@@ -84,6 +84,7 @@ async fn execute(
     State(schema): State<AppSchema>,
     client: Option<Extension<RateLimitClient>>,
     authentication: Option<Extension<Authentication>>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -124,6 +125,7 @@ async fn execute(
     let request = request
         .data(reads.clone())
         .data(authentication)
+        .data(request_id.map(|Extension(id)| id).unwrap_or_default())
         .data(loader(ContactLoader::new(state.pool.clone())))
         .data(loader(MembersLoader::new(state.pool.clone())));
     let mut response = schema.execute(request).await;

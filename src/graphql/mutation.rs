@@ -1,10 +1,14 @@
 //! The one write: identify, exactly as `POST /identify` does it.
 
-use async_graphql::{Context, InputObject, Object, Result};
+use async_graphql::{Context, InputObject, Object, Result, SimpleObject};
 
-use super::error::RequireIdentify;
-use super::types::IdentityNode;
+use super::error::{RequireIdentify, RequireScope};
+use super::limits::REPAIR_COST;
+use super::types::{BlockResult, BlockValueInput, HeldRequest, IdentityNode};
+use crate::auth::{Authentication, Scope};
 use crate::domain::IdentifyRequest;
+use crate::middleware::RequestId;
+use crate::repair::{self, Actor};
 use crate::service;
 use crate::state::AppState;
 
@@ -19,7 +23,25 @@ pub struct IdentifyInput {
     pub phone_number: Option<String>,
 }
 
-/// The one write.
+/// What `rejectHeld` did.
+#[derive(SimpleObject)]
+pub struct RejectResult {
+    pub held: HeldRequest,
+    /// What blocking the suspect value did, when asked to.
+    pub block: Option<BlockResult>,
+}
+
+/// Who asks, for the ledger.
+fn actor<'a>(ctx: &'a Context<'_>) -> Actor<'a> {
+    Actor {
+        principal: ctx
+            .data_opt::<Authentication>()
+            .map_or("anonymous", Authentication::name),
+        request_id: ctx.data_opt::<RequestId>().map(|id| id.0.as_str()),
+    }
+}
+
+/// The one write, and the administrators' repairs of the identity graph.
 #[Object(name = "Mutation")]
 impl MutationRoot {
     /// Links the order's contact details into one identity (creating, extending or
@@ -29,9 +51,78 @@ impl MutationRoot {
         let request =
             IdentifyRequest::parse(input.email.as_deref(), input.phone_number.as_deref())?;
         let state = ctx.data_unchecked::<AppState>();
-        let identified = service::identify(&state.pool, request).await?;
+        let request_id = ctx.data_opt::<RequestId>().map(|id| id.0.clone());
+        let identified =
+            service::identify(&state.pool, request, state.policy.clone(), request_id).await?;
         state.record_identified(&identified);
         super::query::audit(ctx, Some("identify"), identified.identity.contacts.len());
-        Ok(IdentityNode::from(identified.identity))
+        Ok(IdentityNode(
+            identified.identity.into(),
+            Some(identified.outcome),
+        ))
+    }
+
+    /// Blocks an email or a phone number: it never links anything again; it is
+    /// removed from every contact holding it and the identities it joined are split
+    /// into what the remaining evidence joins (docs/SPEC.md §10.4).
+    #[graphql(
+        guard = "RequireScope(Scope::Admin)",
+        complexity = "REPAIR_COST + child_complexity"
+    )]
+    async fn block_value(&self, ctx: &Context<'_>, input: BlockValueInput) -> Result<BlockResult> {
+        let value = input.value()?;
+        let reason = input.reason()?;
+        let state = ctx.data_unchecked::<AppState>();
+        let blocked = repair::block_value(&state.pool, value, reason, actor(ctx)).await?;
+        super::query::audit(ctx, Some("blockValue"), 0);
+        Ok(BlockResult(blocked))
+    }
+
+    /// Removes an administrator's block; re-merges nothing. False when the value was
+    /// not blocked.
+    #[graphql(guard = "RequireScope(Scope::Admin)", complexity = "REPAIR_COST")]
+    async fn unblock_value(&self, ctx: &Context<'_>, input: BlockValueInput) -> Result<bool> {
+        let value = input.value()?;
+        let state = ctx.data_unchecked::<AppState>();
+        Ok(repair::unblock_value(&state.pool, value, actor(ctx)).await?)
+    }
+
+    /// Applies a held request now, as `identify` would without the identity limits,
+    /// and answers the resulting identity.
+    #[graphql(
+        guard = "RequireScope(Scope::Admin)",
+        complexity = "REPAIR_COST + child_complexity"
+    )]
+    async fn approve_held(&self, ctx: &Context<'_>, id: i64) -> Result<IdentityNode> {
+        let state = ctx.data_unchecked::<AppState>();
+        let (identified, _) =
+            repair::approve_held(&state.pool, id, &state.policy, actor(ctx)).await?;
+        state.record_identified(&identified);
+        super::query::audit(ctx, Some("approveHeld"), identified.identity.contacts.len());
+        Ok(IdentityNode(
+            identified.identity.into(),
+            Some(identified.outcome),
+        ))
+    }
+
+    /// Rejects a held request; with `blockValue: true`, also blocks its suspect
+    /// value as `blockValue` does.
+    #[graphql(
+        guard = "RequireScope(Scope::Admin)",
+        complexity = "REPAIR_COST + child_complexity"
+    )]
+    async fn reject_held(
+        &self,
+        ctx: &Context<'_>,
+        id: i64,
+        #[graphql(default = false)] block_value: bool,
+    ) -> Result<RejectResult> {
+        let state = ctx.data_unchecked::<AppState>();
+        let (held, blocked) = repair::reject_held(&state.pool, id, block_value, actor(ctx)).await?;
+        super::query::audit(ctx, Some("rejectHeld"), 0);
+        Ok(RejectResult {
+            held: held.into(),
+            block: blocked.map(BlockResult),
+        })
     }
 }

@@ -9,10 +9,12 @@ use async_graphql::{Context, InputObject, Object, Result};
 use super::error::RequireScope;
 use super::limits::{LOOKUP_COST, Page, page_size};
 use super::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
-use super::types::{ContactNode, IdentityNode, LinkPrecedence};
+use super::types::{
+    BlockedValueNode, ContactNode, HeldRequest, HeldStatus, IdentityNode, LinkPrecedence,
+};
 use crate::auth::{self, Scope};
-use crate::db::DbError;
 use crate::db::contacts::{self, ContactFilter};
+use crate::db::{DbError, graph};
 use crate::domain::{Contact, Email, IdentifyRequest, Phone};
 use crate::service;
 use crate::state::AppState;
@@ -83,7 +85,7 @@ impl QueryRoot {
         #[graphql(desc = "Page size: 20 when omitted, at most 100.")] first: Option<i32>,
         #[graphql(desc = "The `endCursor` of the previous page.")] after: Option<String>,
     ) -> Result<ContactConnection> {
-        let page = Page::parse(first, after)?;
+        let page = Page::<i32>::parse(first, after)?;
         let filter = ContactFilter::try_from(filter.unwrap_or_default())?;
 
         let state = ctx.data_unchecked::<AppState>();
@@ -133,6 +135,70 @@ impl QueryRoot {
                 .map_or(0, |identity| identity.contacts.len()),
         );
         Ok(identity.map(IdentityNode::from))
+    }
+
+    /// Requests held for pushing an identity over a limit, oldest first (Relay
+    /// cursor connection; docs/SPEC.md §10.3).
+    #[graphql(
+        guard = "RequireScope(Scope::Admin)",
+        complexity = "page_size(first) as usize * child_complexity + 1"
+    )]
+    async fn held_requests(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default_with = "HeldStatus::Pending")] status: HeldStatus,
+        #[graphql(desc = "Page size: 20 when omitted, at most 100.")] first: Option<i32>,
+        #[graphql(desc = "The `endCursor` of the previous page.")] after: Option<String>,
+    ) -> Result<Connection<OpaqueCursor<i64>, HeldRequest>> {
+        let page = Page::<i64>::parse(first, after)?;
+        let state = ctx.data_unchecked::<AppState>();
+        let mut conn = state.pool.get().await.map_err(DbError::from)?;
+        let rows = graph::list_held(
+            &mut conn,
+            status.as_str(),
+            page.after,
+            page.first as i64 + 1,
+        )
+        .await
+        .map_err(DbError::from)?;
+        drop(conn);
+        audit(ctx, Some("heldRequests"), 0);
+        let mut connection = Connection::new(page.after.is_some(), rows.len() > page.first);
+        connection.edges.extend(
+            rows.into_iter()
+                .take(page.first)
+                .map(|row| Edge::new(OpaqueCursor(row.id), HeldRequest::from(row))),
+        );
+        Ok(connection)
+    }
+
+    /// Values administrators blocked, by kind and value (Relay cursor connection);
+    /// the built-in list and the file are in the server's configuration.
+    #[graphql(
+        guard = "RequireScope(Scope::Admin)",
+        complexity = "page_size(first) as usize * child_complexity + 1"
+    )]
+    async fn blocked_values(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size: 20 when omitted, at most 100.")] first: Option<i32>,
+        #[graphql(desc = "The `endCursor` of the previous page.")] after: Option<String>,
+    ) -> Result<Connection<OpaqueCursor<(String, String)>, BlockedValueNode>> {
+        let page = Page::<(String, String)>::parse(first, after)?;
+        let state = ctx.data_unchecked::<AppState>();
+        let mut conn = state.pool.get().await.map_err(DbError::from)?;
+        let rows = graph::list_blocks(&mut conn, page.after.clone(), page.first as i64 + 1)
+            .await
+            .map_err(DbError::from)?;
+        drop(conn);
+        let mut connection = Connection::new(page.after.is_some(), rows.len() > page.first);
+        connection
+            .edges
+            .extend(rows.into_iter().take(page.first).map(|row| {
+                let cursor = OpaqueCursor((row.kind.clone(), row.value.clone()));
+                Edge::new(cursor, BlockedValueNode::from(row))
+            }));
+        Ok(connection)
     }
 }
 

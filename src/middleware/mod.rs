@@ -23,6 +23,10 @@ use crate::state::AppState;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The request's id, for handlers that record it (the evidence ledger).
+#[derive(Debug, Clone, Default)]
+pub struct RequestId(pub String);
+
 /// Longest request id accepted from a client; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -52,6 +56,9 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let started = Instant::now();
     let id = request_id(&request);
     request.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+    request
+        .extensions_mut()
+        .insert(RequestId(id.to_str().unwrap_or_default().to_owned()));
     let route = request
         .extensions()
         .get::<MatchedPath>()

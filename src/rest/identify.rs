@@ -11,8 +11,9 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::auth::{self, AuthFailure, Authentication, Masking};
-use crate::domain::{Email, Field, IdentifyRequest, Identity, InputError, Phone};
+use crate::domain::{Email, Field, IdentifyRequest, Identity, InputError, Outcome, Phone};
 use crate::error::{ApiError, ErrorBody};
+use crate::middleware::RequestId;
 use crate::state::AppState;
 use crate::{service, strict_json};
 
@@ -56,6 +57,34 @@ fn phone_number_schema() -> utoipa::openapi::Schema {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IdentifyResponse {
     pub contact: IdentityBody,
+    /// What the call changed (docs/SPEC.md §10.2); an addition to the original
+    /// contract, which clients written against it ignore.
+    pub outcome: OutcomeBody,
+}
+
+/// What one identify changed.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeBody {
+    NewPrimary,
+    NewSecondary,
+    Merged,
+    Unchanged,
+    /// Nothing was linked: the request would have pushed an identity over a limit
+    /// and waits for review; `contact` is the matched identity as it stands.
+    Held,
+}
+
+impl From<Outcome> for OutcomeBody {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::NewPrimary => OutcomeBody::NewPrimary,
+            Outcome::NewSecondary => OutcomeBody::NewSecondary,
+            Outcome::Merged => OutcomeBody::Merged,
+            Outcome::Unchanged => OutcomeBody::Unchanged,
+            Outcome::Held => OutcomeBody::Held,
+        }
+    }
 }
 
 /// One customer identity.
@@ -87,9 +116,10 @@ impl IdentityBody {
     }
 }
 
-impl From<Identity> for IdentifyResponse {
-    fn from(identity: Identity) -> Self {
+impl IdentifyResponse {
+    fn new(identity: Identity, outcome: Outcome) -> Self {
         Self {
+            outcome: outcome.into(),
             contact: IdentityBody {
                 primary_contatct_id: identity.primary_id,
                 primary_contact_id: identity.primary_id,
@@ -122,6 +152,7 @@ impl From<Identity> for IdentifyResponse {
         (status = 403, description = "The credential lacks the identify (or identify:masked) scope", body = ErrorBody),
         (status = 413, description = "Body larger than the limit", body = ErrorBody),
         (status = 415, description = "Body not sent as JSON", body = ErrorBody),
+        (status = 422, description = "Every value given is blocked (`BLOCKED_VALUE`); `field` names it", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "Internal error, without details", body = ErrorBody),
@@ -134,6 +165,7 @@ impl From<Identity> for IdentifyResponse {
 pub async fn identify(
     State(state): State<AppState>,
     authentication: Option<Extension<Authentication>>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IdentifyResponse>, ApiError> {
@@ -158,14 +190,16 @@ pub async fn identify(
         }
     })?;
     let request = parse_body(&body)?;
-    let identified = service::identify(&state.pool, request).await?;
+    let request_id = request_id.map(|Extension(RequestId(id))| id);
+    let identified =
+        service::identify(&state.pool, request, state.policy.clone(), request_id).await?;
     state.record_identified(&identified);
     auth::audit_read(
         authentication.name(),
         "identify",
         identified.identity.contacts.len(),
     );
-    let mut answer = IdentifyResponse::from(identified.identity);
+    let mut answer = IdentifyResponse::new(identified.identity, identified.outcome);
     if masking == Masking::Values {
         answer.contact.mask();
     }

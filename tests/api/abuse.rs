@@ -25,6 +25,7 @@ async fn big_identity(app: &TestApp) -> i32 {
              FROM generate_series(1, {BIG}) AS g;"
     ))
     .await;
+    app.backfill_ledger().await;
     1
 }
 

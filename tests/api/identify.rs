@@ -15,7 +15,7 @@ async fn original_example_lorraine_and_mcfly() {
         first,
         json!({"contact": {"primaryContatctId": 1, "primaryContactId": 1,
             "emails": ["lorraine@hillvalley.edu"], "phoneNumbers": ["123456"],
-            "secondaryContactIds": []}})
+            "secondaryContactIds": []}, "outcome": "new_primary"})
     );
 
     let (status, second) = app
@@ -24,7 +24,7 @@ async fn original_example_lorraine_and_mcfly() {
     assert_eq!(status, 200);
     let expected = json!({"contact": {"primaryContatctId": 1, "primaryContactId": 1,
         "emails": ["lorraine@hillvalley.edu", "mcfly@hillvalley.edu"], "phoneNumbers": ["123456"],
-        "secondaryContactIds": [2]}});
+        "secondaryContactIds": [2]}, "outcome": "new_secondary"});
     assert_eq!(second, expected);
 
     // The seed: every request naming any part of the identity gets the same answer.
@@ -38,6 +38,8 @@ async fn original_example_lorraine_and_mcfly() {
             .post_identify(&json!({"email": email, "phoneNumber": phone}))
             .await;
         assert_eq!(status, 200);
+        let mut expected = expected.clone();
+        expected["outcome"] = json!("unchanged");
         assert_eq!(answer, expected, "for {email:?} / {phone:?}");
     }
     assert_eq!(app.row_count().await, 2);
@@ -238,6 +240,7 @@ async fn the_oldest_primary_wins_with_ties_broken_by_id() {
          SELECT setval('contacts_id_seq', 10);",
     )
     .await;
+    app.backfill_ledger().await;
     let answer = app.identify(Some("ten@x.io"), Some("5")).await;
     assert_eq!(answer["primaryContactId"], 5);
     assert_eq!(answer["secondaryContactIds"], json!([10]));
@@ -328,8 +331,9 @@ async fn each_path_sends_a_fixed_number_of_statements() {
     };
     // The first request opens the pool's connection, which sends its own setup.
     app.identify(Some("warm-up@x.io"), None).await;
-    // Unlocked read; then BEGIN, value locks, primary locks, members, a write, COMMIT.
-    assert_eq!(statements("a@x.io", "1").await, 7, "new primary: + insert");
+    // Unlocked read; then BEGIN, value locks, primary locks, members, blocks, a
+    // write (with its ledger row), COMMIT.
+    assert_eq!(statements("a@x.io", "1").await, 8, "new primary: + insert");
     assert_eq!(
         statements("a@x.io", "1").await,
         1,
@@ -337,11 +341,15 @@ async fn each_path_sends_a_fixed_number_of_statements() {
     );
     assert_eq!(
         statements("a@x.io", "2").await,
-        7,
+        8,
         "new secondary: + insert"
     );
     app.identify(Some("b@x.io"), Some("3")).await;
-    assert_eq!(statements("b@x.io", "2").await, 7, "merge: + re-link");
+    assert_eq!(
+        statements("b@x.io", "2").await,
+        9,
+        "merge: + re-link and its ledger rows"
+    );
     assert_eq!(
         statements("b@x.io", "2").await,
         1,

@@ -2,12 +2,17 @@ use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::{Context, Enum, Object, Result};
 use chrono::{DateTime, Utc};
 
-use super::IdentityNode;
-use crate::auth::mask;
-use crate::domain::Contact;
-use crate::graphql::error::{ErrorCode, shown};
+use std::collections::HashMap;
+
+use super::{EvidenceStep, IdentityNode};
+use crate::auth::{Scope, mask};
+use crate::db::{DbError, graph};
+use crate::domain::{Contact, linked_because, live_evidence};
+use crate::graphql::error::{ErrorCode, RequireScope, shown};
+use crate::graphql::limits::{LINKED_BECAUSE_COST, MAX_CHAIN_STEPS};
 use crate::graphql::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
 use crate::graphql::query::audit;
+use crate::state::AppState;
 
 /// Whether a contact heads its identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -77,6 +82,64 @@ impl ContactNode {
         })
     }
 
+    /// The chain of evidence from the identity's primary to this contact
+    /// (docs/SPEC.md §10.2): why it belongs to its identity. Empty for a primary.
+    #[graphql(
+        guard = "RequireScope(Scope::Read)",
+        complexity = "LINKED_BECAUSE_COST + MAX_CHAIN_STEPS * child_complexity"
+    )]
+    async fn linked_because(&self, ctx: &Context<'_>) -> Result<Vec<EvidenceStep>> {
+        let primary_id = self.0.primary_id();
+        if primary_id == self.0.id {
+            return Ok(Vec::new());
+        }
+        let identity = ctx
+            .data_unchecked::<DataLoader<MembersLoader, HashMapCache>>()
+            .load_one(PrimaryId(primary_id))
+            .await?
+            .ok_or_else(|| ErrorCode::NotFound.error(format!("identity {primary_id} not found")))?;
+        let members = &identity.contacts;
+        let emails: Vec<&str> = members
+            .iter()
+            .filter_map(|c| c.email.as_ref().map(|e| e.as_str()))
+            .collect();
+        let phones: Vec<&str> = members
+            .iter()
+            .filter_map(|c| c.phone.as_ref().map(|p| p.as_str()))
+            .collect();
+        let ids: Vec<i32> = members.iter().map(|c| c.id).collect();
+        let state = ctx.data_unchecked::<AppState>();
+        let mut conn = state.pool.get().await.map_err(DbError::from)?;
+        let events = graph::evidence_for(&mut conn, &emails, &phones, &ids)
+            .await
+            .map_err(DbError::from)?;
+        let steps = linked_because(members, &live_evidence(events), primary_id, self.0.id)
+            .ok_or_else(|| {
+                ErrorCode::NotFound.error(format!(
+                    "no evidence joins contact {} to its primary {primary_id} (it changed                      meanwhile, or the ledger disagrees: run `check --deep`)",
+                    self.0.id
+                ))
+            })?;
+        if steps.len() > MAX_CHAIN_STEPS {
+            return Err(ErrorCode::BadUserInput.error(format!(
+                "the chain of evidence is {} steps long, more than {MAX_CHAIN_STEPS}; read                  Identity.history instead",
+                steps.len()
+            )));
+        }
+        let stepped: Vec<i32> = steps.iter().flat_map(|s| [s.from, s.to]).collect();
+        let created = graph::creation_events(&mut conn, &stepped)
+            .await
+            .map_err(DbError::from)?;
+        drop(conn);
+        let order: HashMap<i32, _> = members.iter().map(|c| (c.id, c.contact_order())).collect();
+        let newer = |a: i32, b: i32| if order.get(&a) > order.get(&b) { a } else { b };
+        audit(ctx, None, 0);
+        Ok(steps
+            .into_iter()
+            .map(|step| EvidenceStep::new(step, |a, b| created.get(&newer(a, b)).copied()))
+            .collect())
+    }
+
     /// The whole identity this contact belongs to.
     async fn identity(&self, ctx: &Context<'_>) -> Result<IdentityNode> {
         let primary_id = self.0.primary_id();
@@ -92,7 +155,7 @@ impl ContactNode {
                 .map_or(0, |identity| identity.contacts.len()),
         );
         identity
-            .map(IdentityNode)
+            .map(|identity| IdentityNode(identity, None))
             .ok_or_else(|| ErrorCode::NotFound.error(format!("identity {primary_id} not found")))
     }
 }

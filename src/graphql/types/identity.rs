@@ -4,20 +4,25 @@ use async_graphql::connection::{Connection, Edge, OpaqueCursor};
 use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::{Context, Object, Result};
 
-use super::ContactNode;
-use crate::auth::mask;
-use crate::domain::Identity;
-use crate::graphql::error::{ErrorCode, shown};
+use super::{ContactNode, IdentityEvent, OutcomeKind, SplitIdentity, ValueKind};
+use crate::auth::{Scope, mask};
+use crate::db::{DbError, graph};
+use crate::domain::{ContactValue, Identity, Outcome};
+use crate::graphql::error::{ErrorCode, RequireScope, shown};
 use crate::graphql::limits::{IDENTITY_VALUES_COST, Page, page_size};
 use crate::graphql::loaders::{ContactId, ContactLoader};
+use crate::graphql::query::audit;
+use crate::repair::Blocked;
+use crate::state::AppState;
 
 /// An identity as read once: an `identify` or look-up answer, or a loader's
-/// snapshot. Its lists and its contacts come from the same read.
-pub struct IdentityNode(pub Arc<Identity>);
+/// snapshot. Its lists and its contacts come from the same read; the outcome is
+/// there for `identify`'s answer only.
+pub struct IdentityNode(pub Arc<Identity>, pub Option<Outcome>);
 
 impl From<Identity> for IdentityNode {
     fn from(identity: Identity) -> Self {
-        Self(Arc::new(identity))
+        Self(Arc::new(identity), None)
     }
 }
 
@@ -70,6 +75,43 @@ impl IdentityNode {
             .ok_or_else(|| ErrorCode::NotFound.error(format!("contact {primary_id} not found")))
     }
 
+    /// What the `identify` that answered with this identity changed; null
+    /// elsewhere.
+    async fn outcome(&self) -> Option<OutcomeKind> {
+        self.1.map(OutcomeKind::from)
+    }
+
+    /// The identity's ledger events, newest first (Relay cursor connection): every
+    /// event naming one of its current contacts (docs/SPEC.md §10.2).
+    #[graphql(
+        guard = "RequireScope(Scope::Read)",
+        complexity = "page_size(first) as usize * child_complexity + 1"
+    )]
+    async fn history(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size: 20 when omitted, at most 100.")] first: Option<i32>,
+        #[graphql(desc = "The `endCursor` of the previous page.")] after: Option<String>,
+    ) -> Result<Connection<OpaqueCursor<i64>, IdentityEvent>> {
+        let page = Page::<i64>::parse(first, after)?;
+        let members: Vec<i32> = self.0.contacts.iter().map(|c| c.id).collect();
+        let state = ctx.data_unchecked::<AppState>();
+        let mut conn = state.pool.get().await.map_err(DbError::from)?;
+        let rows = graph::history(&mut conn, &members, page.after, page.first as i64 + 1)
+            .await
+            .map_err(DbError::from)?;
+        drop(conn);
+        let has_next_page = rows.len() > page.first;
+        audit(ctx, None, 0);
+        let mut connection = Connection::new(page.after.is_some(), has_next_page);
+        connection.edges.extend(
+            rows.into_iter()
+                .take(page.first)
+                .map(|row| Edge::new(OpaqueCursor(row.id), IdentityEvent::new(ctx, row))),
+        );
+        Ok(connection)
+    }
+
     /// The live contacts of the identity, a page at a time (Relay cursor connection):
     /// the primary first, then the others in contact order.
     #[graphql(complexity = "page_size(first) as usize * child_complexity + 1")]
@@ -78,7 +120,7 @@ impl IdentityNode {
         #[graphql(desc = "Page size: 20 when omitted, at most 100.")] first: Option<i32>,
         #[graphql(desc = "The `endCursor` of the previous page.")] after: Option<String>,
     ) -> Result<IdentityContactConnection> {
-        let page = Page::parse(first, after)?;
+        let page = Page::<i32>::parse(first, after)?;
         let members = &self.0.contacts;
         let start = match page.after {
             None => 0,
@@ -103,5 +145,52 @@ impl IdentityNode {
                 .map(|member| Edge::new(OpaqueCursor(member.id), ContactNode(member.clone()))),
         );
         Ok(connection)
+    }
+}
+
+/// What `blockValue` did (docs/SPEC.md §10.4).
+pub struct BlockResult(pub Blocked);
+
+#[Object]
+impl BlockResult {
+    async fn kind(&self) -> ValueKind {
+        match self.0.value {
+            ContactValue::Email(_) => ValueKind::Email,
+            ContactValue::Phone(_) => ValueKind::Phone,
+        }
+    }
+
+    /// The blocked value, normalised.
+    async fn value(&self) -> &str {
+        self.0.value.as_str()
+    }
+
+    /// Contacts the value was removed from.
+    async fn contacts_changed(&self) -> usize {
+        self.0.contacts_changed
+    }
+
+    /// Contacts deleted because the value was all they held.
+    async fn contacts_deleted(&self) -> usize {
+        self.0.contacts_deleted
+    }
+
+    /// How many identities the value's identities split into.
+    async fn identities(&self) -> usize {
+        self.0.split_into.len()
+    }
+
+    /// Those identities, in their primaries' contact order: the first `first` (20
+    /// when omitted, at most 100).
+    #[graphql(complexity = "page_size(first) as usize * child_complexity + 1")]
+    async fn split_into(&self, first: Option<i32>) -> Result<Vec<SplitIdentity>> {
+        let page = Page::<i32>::parse(first, None)?;
+        Ok(self
+            .0
+            .split_into
+            .iter()
+            .take(page.first)
+            .map(SplitIdentity::from)
+            .collect())
     }
 }

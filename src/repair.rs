@@ -1,0 +1,327 @@
+//! Administrators' repairs of the identity graph (docs/SPEC.md §10.3–§10.4): blocking
+//! a value (which splits what it joined), unblocking it, and resolving held requests.
+//!
+//! Each takes the same locks as `identify` (the values' advisory locks, then the
+//! matched primaries `FOR UPDATE`), so it serialises with every identify touching
+//! the identities it changes and with nothing else.
+
+use std::collections::{BTreeMap, HashSet};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use futures_util::future::try_join3;
+
+use crate::db::graph::{self, HeldRecord, SplitComponent};
+use crate::db::{DbError, DbPool, contacts};
+use crate::domain::{
+    Contact, ContactValue, Email, Evidence, IdentifyRequest, Identity, Limits, Phone, components,
+    live_evidence,
+};
+use crate::service::{
+    AttemptError, Identified, Options, Policy, ServiceError, identify_once, screen_request,
+};
+
+/// Attempts before a repair gives up under contention, as for identify.
+const MAX_ATTEMPTS: u32 = 16;
+
+/// Who asks and under which request, for the ledger and the tables' audit columns.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    pub principal: &'a str,
+    pub request_id: Option<&'a str>,
+}
+
+/// What blocking a value did.
+#[derive(Debug, Clone)]
+pub struct Blocked {
+    pub value: ContactValue,
+    pub contacts_changed: usize,
+    pub contacts_deleted: usize,
+    /// The identities the value's identities split into, in their primaries' order.
+    pub split_into: Vec<Identity>,
+}
+
+/// Runs `$body` (with the transaction's connection as `$conn`) until it neither
+/// races a merge nor conflicts. A macro: an async closure's future cannot be
+/// required to be `Send` in a generic function's bounds.
+macro_rules! with_retry {
+    ($pool:expr, |$conn:ident| $body:expr) => {{
+        let mut connection = $pool.get().await?;
+        let mut result = Err(ServiceError::Contended);
+        for _ in 1..=MAX_ATTEMPTS {
+            match connection.transaction(async |$conn| $body).await {
+                Ok(value) => {
+                    result = Ok(value);
+                    break;
+                }
+                Err(AttemptError::Raced | AttemptError::Blocked(_)) => {}
+                Err(AttemptError::Refused(err)) => {
+                    result = Err(err);
+                    break;
+                }
+                Err(AttemptError::Database(err)) => match DbError::from(err) {
+                    DbError::Conflict(_) => {}
+                    other => {
+                        result = Err(other.into());
+                        break;
+                    }
+                },
+            }
+        }
+        result
+    }};
+}
+
+/// Blocks `value`, removes it from every contact and re-splits the identities that
+/// held it (docs/SPEC.md §10.4).
+pub async fn block_value(
+    pool: &DbPool,
+    value: ContactValue,
+    reason: &str,
+    actor: Actor<'_>,
+) -> Result<Blocked, ServiceError> {
+    with_retry!(pool, |conn| block_once(conn, &value, reason, actor).await)
+}
+
+async fn block_once(
+    conn: &mut AsyncPgConnection,
+    value: &ContactValue,
+    reason: &str,
+    actor: Actor<'_>,
+) -> Result<Blocked, AttemptError> {
+    let (email, phone) = match value {
+        ContactValue::Email(email) => (Some(email), None),
+        ContactValue::Phone(phone) => (None, Some(phone)),
+    };
+    let members = {
+        let shared: &AsyncPgConnection = conn;
+        let ((), primaries, members) = try_join3(
+            contacts::lock_values(shared, email, phone),
+            contacts::lock_matched_primaries(shared, email, phone),
+            contacts::load_members_matching(shared, email, phone),
+        )
+        .await?;
+        if primaries.iter().any(|primary| primary.linked_id.is_some()) {
+            return Err(AttemptError::Raced);
+        }
+        let locked: HashSet<i32> = primaries.iter().map(|primary| primary.id).collect();
+        if members
+            .iter()
+            .any(|member| !locked.contains(&member.linked_id.unwrap_or(member.id)))
+        {
+            return Err(AttemptError::Raced);
+        }
+        members
+    };
+    graph::insert_block(conn, value, reason, actor.principal, actor.request_id).await?;
+
+    // The members as they will be: without the value; those left empty go.
+    let mut by_primary: BTreeMap<i32, Vec<Contact>> = BTreeMap::new();
+    for record in members {
+        let mut contact = Contact::from(record);
+        match value {
+            ContactValue::Email(email) if contact.email.as_ref() == Some(email) => {
+                contact.email = None;
+            }
+            ContactValue::Phone(phone) if contact.phone.as_ref() == Some(phone) => {
+                contact.phone = None;
+            }
+            _ => {}
+        }
+        by_primary
+            .entry(contact.primary_id())
+            .or_default()
+            .push(contact);
+    }
+    let member_ids: Vec<i32> = by_primary.values().flatten().map(|c| c.id).collect();
+    let survivors: Vec<&Contact> = by_primary
+        .values()
+        .flatten()
+        .filter(|c| c.email.is_some() || c.phone.is_some())
+        .collect();
+    let emails: Vec<&str> = survivors
+        .iter()
+        .filter_map(|c| c.email.as_ref().map(Email::as_str))
+        .collect();
+    let phones: Vec<&str> = survivors
+        .iter()
+        .filter_map(|c| c.phone.as_ref().map(Phone::as_str))
+        .collect();
+    // A split re-derives its identities from values and the ledger's own evidence:
+    // pre-ledger links inside them end here.
+    let evidence: Vec<Evidence> =
+        live_evidence(graph::evidence_for(conn, &emails, &phones, &member_ids).await?)
+            .into_iter()
+            .filter(|edge| matches!(edge, Evidence::Pair { .. }))
+            .collect();
+
+    let mut relink_ids = Vec::new();
+    let mut relink_to = Vec::new();
+    let mut split_into = Vec::new();
+    let mut splits = Vec::new();
+    let mut moves = Vec::new();
+    for (old_primary, members) in &by_primary {
+        let remaining: Vec<Contact> = members
+            .iter()
+            .filter(|c| c.email.is_some() || c.phone.is_some())
+            .cloned()
+            .collect();
+        let parts = components(&remaining, &evidence);
+        // Soft-deleted rows follow the old primary's component, else the oldest one.
+        let heir = parts
+            .iter()
+            .find(|part| part.iter().any(|c| c.id == *old_primary))
+            .or(parts.first())
+            .map(|part| part[0].id);
+        if heir != Some(*old_primary) {
+            moves.push((*old_primary, heir));
+        }
+        for part in parts {
+            let primary_id = part[0].id;
+            let mut relinked = Vec::with_capacity(part.len());
+            for mut contact in part {
+                relink_ids.push(contact.id);
+                contact.linked_id = (contact.id != primary_id).then_some(primary_id);
+                relink_to.push(contact.linked_id);
+                relinked.push(contact);
+            }
+            splits.push((
+                primary_id,
+                relinked.iter().map(|c| c.id).collect(),
+                *old_primary,
+            ));
+            split_into.push(Identity::from_members(primary_id, relinked));
+        }
+    }
+    graph::relink(conn, &relink_ids, &relink_to).await?;
+    for (from, to) in moves {
+        graph::relink_deleted(conn, from, to).await?;
+    }
+    let (contacts_deleted, contacts_changed) = graph::remove_value(conn, value).await?;
+    let components: Vec<SplitComponent<'_>> = splits
+        .into_iter()
+        .map(
+            |(primary_id, contact_ids, from_primary_id)| SplitComponent {
+                primary_id,
+                contact_ids,
+                from_primary_id,
+                value,
+            },
+        )
+        .collect();
+    graph::record_splits(conn, &components, actor.request_id).await?;
+    split_into.sort_by_key(|identity| identity.contacts.first().map(Contact::contact_order));
+    Ok(Blocked {
+        value: value.clone(),
+        contacts_changed,
+        contacts_deleted,
+        split_into,
+    })
+}
+
+/// Removes a block without re-merging anything; `false` when it was not blocked.
+pub async fn unblock_value(
+    pool: &DbPool,
+    value: ContactValue,
+    actor: Actor<'_>,
+) -> Result<bool, ServiceError> {
+    with_retry!(pool, |conn| {
+        Ok::<_, AttemptError>(graph::delete_block(conn, &value, actor.request_id).await?)
+    })
+}
+
+fn pending(held: Option<HeldRecord>, id: i64) -> Result<HeldRecord, AttemptError> {
+    let held = held.ok_or_else(|| {
+        AttemptError::Refused(ServiceError::NotFound(format!("no held request {id}")))
+    })?;
+    if held.status != "pending" {
+        return Err(AttemptError::Refused(ServiceError::Refused(format!(
+            "held request {id} is already {}",
+            held.status
+        ))));
+    }
+    Ok(held)
+}
+
+/// Applies a held request as identify would without the limits, and marks it
+/// approved, in one transaction.
+pub async fn approve_held(
+    pool: &DbPool,
+    id: i64,
+    policy: &Policy,
+    actor: Actor<'_>,
+) -> Result<(Identified, HeldRecord), ServiceError> {
+    let mut blocked_in_database: HashSet<ContactValue> = HashSet::new();
+    let mut connection = pool.get().await?;
+    for _ in 1..=MAX_ATTEMPTS {
+        let attempt = connection
+            .transaction(async |conn| {
+                // The values' locks come before the record's, as in identify (which
+                // updates the record under them), so the two cannot deadlock.
+                let unlocked = pending(graph::find_held(conn, id, false).await?, id)?;
+                let request = IdentifyRequest::new(
+                    unlocked.email.clone().map(Email::from_stored),
+                    unlocked.phone_number.clone().map(Phone::from_stored),
+                )
+                .map_err(|err| AttemptError::Refused(ServiceError::Refused(err.to_string())))?;
+                contacts::lock_values(conn, request.email(), request.phone()).await?;
+                let held = pending(graph::find_held(conn, id, true).await?, id)?;
+                let request = screen_request(&request, policy, &blocked_in_database)
+                    .map_err(AttemptError::Refused)?;
+                let options = Options {
+                    limits: Limits::default(),
+                    request_id: actor.request_id,
+                };
+                let identified = identify_once(conn, &request, options).await?;
+                let record = graph::resolve_held(
+                    conn,
+                    &held,
+                    Some(identified.identity.primary_id),
+                    actor.principal,
+                    actor.request_id,
+                )
+                .await?;
+                Ok((identified, record))
+            })
+            .await;
+        match attempt {
+            Ok(done) => return Ok(done),
+            Err(AttemptError::Raced) => {}
+            Err(AttemptError::Blocked(values)) => blocked_in_database.extend(values),
+            Err(AttemptError::Refused(err)) => return Err(err),
+            Err(AttemptError::Database(err)) => match DbError::from(err) {
+                DbError::Conflict(_) => {}
+                other => return Err(other.into()),
+            },
+        }
+    }
+    Err(ServiceError::Contended)
+}
+
+/// Marks a held request rejected; with `block_suspect`, then blocks its suspect
+/// value as [`block_value`] does.
+pub async fn reject_held(
+    pool: &DbPool,
+    id: i64,
+    block_suspect: bool,
+    actor: Actor<'_>,
+) -> Result<(HeldRecord, Option<Blocked>), ServiceError> {
+    let record = with_retry!(pool, |conn| {
+        let held = pending(graph::find_held(conn, id, true).await?, id)?;
+        Ok::<_, AttemptError>(
+            graph::resolve_held(conn, &held, None, actor.principal, actor.request_id).await?,
+        )
+    })?;
+    let blocked = match (block_suspect, record.suspect()) {
+        (true, Some(suspect)) => Some(
+            block_value(
+                pool,
+                suspect,
+                &format!("suspect value of rejected held request {id}"),
+                actor,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    Ok((record, blocked))
+}
