@@ -688,6 +688,7 @@ mod tests {
                 .map(|row| row.id)
                 .filter(|&id| id != primary)
                 .collect(),
+            outcome: None,
         };
         log.record_acknowledged(request, &read_answer(run_id(), &answer));
     }

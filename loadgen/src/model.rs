@@ -242,6 +242,7 @@ mod tests {
             emails: emails.to_vec(),
             phone_numbers: phones.to_vec(),
             secondary_contact_ids: secondaries.to_vec(),
+            outcome: None,
         }
     }
 

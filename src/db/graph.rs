@@ -404,9 +404,17 @@ pub async fn evidence_for(
     phones: &[&str],
     contact_ids: &[i32],
 ) -> diesel::QueryResult<Vec<EvidenceEvent>> {
+    // Blocks are looked up by the merges' values, not the contacts': a blocked
+    // value is no longer held by any contact.
     let rows: Vec<EventRecord> = diesel::sql_query(format!(
-        "SELECT {EVENT_COLUMNS} FROM identity_events \
-         WHERE kind IN ('merged', 'blocked') AND (email = ANY($1) OR phone_number = ANY($2)) \
+        "WITH merges AS ( \
+             SELECT {EVENT_COLUMNS} FROM identity_events \
+             WHERE kind = 'merged' AND (email = ANY($1) OR phone_number = ANY($2))) \
+         SELECT * FROM merges \
+         UNION \
+         SELECT {EVENT_COLUMNS} FROM identity_events \
+         WHERE kind = 'blocked' AND (email IN (SELECT email FROM merges) \
+             OR phone_number IN (SELECT phone_number FROM merges)) \
          UNION \
          SELECT {EVENT_COLUMNS} FROM identity_events \
          WHERE pre_ledger AND contact_id = ANY($3) \

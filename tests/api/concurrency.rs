@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use identity_reconciliation::domain::UnionFind;
 
-use crate::helpers::{TestApp, backend_pid, spawn_app, spawn_app_with, wait_until_blocked_by};
+use crate::helpers::{TestApp, backend_pid, spawn_app_with, wait_until_blocked_by};
 
 /// The merge rule of docs/SPEC.md §4 alone: these tests grow identities past the
 /// identity limits of §10.3 on purpose.

@@ -6,6 +6,7 @@ mod access;
 mod browser;
 mod concurrency;
 mod generated;
+mod graph;
 mod graphql;
 mod helpers;
 mod identify;

@@ -413,6 +413,26 @@ async fn the_check_command_reports_violations() {
         !report.contains("a@x.io"),
         "raw emails in the report: {report}"
     );
+    assert!(
+        report.contains("VIOLATED  ledger: every live contact has the event"),
+        "rows written around the service have no evidence: {report}"
+    );
+
+    // `--deep` rebuilds identities from the evidence: rows linked by hand with no
+    // event and no shared value are joined by nothing.
+    let deep = Command::new(SERVER)
+        .args(["check", "--deep"])
+        .env("DATABASE_URL", &database.url)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&deep.stdout);
+    assert_eq!(deep.status.code(), Some(1), "{report}");
+    assert!(report.contains("VIOLATED  I7"), "{report}");
+    assert!(
+        !report.contains("a@x.io"),
+        "raw emails in the report: {report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

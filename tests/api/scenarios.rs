@@ -95,9 +95,11 @@ fn assert_passed(status: &u8, summary: &Value) {
     assert!(!model.is_null(), "the model check did not run: {summary}");
 }
 
+/// `check --deep`: I1–I3, I6, the ledger's checks and I7 (the identities rebuilt
+/// from the evidence alone).
 fn server_check(database_url: &str) {
     let output = Command::new(SERVER)
-        .arg("check")
+        .args(["check", "--deep"])
         .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "error")
         .output()
@@ -106,6 +108,10 @@ fn server_check(database_url: &str) {
         output.status.success(),
         "check found violations:\n{}",
         String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("ok  I7"),
+        "check --deep did not rebuild the identities from evidence"
     );
 }
 
