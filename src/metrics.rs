@@ -16,11 +16,12 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-const OUTCOMES: [Outcome; 4] = [
+const OUTCOMES: [Outcome; 5] = [
     Outcome::NewPrimary,
     Outcome::NewSecondary,
     Outcome::Merged,
     Outcome::Unchanged,
+    Outcome::Held,
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,7 +43,7 @@ struct LatencySeries {
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<RequestKey, LatencySeries>>,
-    outcomes: [AtomicU64; 4],
+    outcomes: [AtomicU64; OUTCOMES.len()],
     merged_primaries: AtomicU64,
     rate_limited: AtomicU64,
     connections_open: AtomicU64,
@@ -105,8 +106,9 @@ impl Metrics {
     /// Records what an identify changed; `merged_primaries` is the number of primaries
     /// it turned secondary.
     pub fn observe_identify(&self, outcome: Outcome, merged_primaries: usize) {
-        let slot = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
-        self.outcomes[slot].fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.outcomes[slot].fetch_add(1, Ordering::Relaxed);
+        }
         self.merged_primaries
             .fetch_add(merged_primaries as u64, Ordering::Relaxed);
     }

@@ -243,6 +243,12 @@ async fn a_request_past_a_limit_is_held_then_approved_or_rejected() {
     assert_eq!(outcome, "held");
     assert_eq!(answer["emails"], json!(["a@x.io", "b@x.io", "c@x.io"]));
     assert_eq!(app.row_count().await, rows, "a held request stores nothing");
+    assert!(
+        app.metrics_text()
+            .await
+            .contains("identify_outcomes_total{outcome=\"held\"} 1"),
+        "holds are counted as what they are"
+    );
     // A retry counts up the same record.
     identify_outcome(&app, "d@x.io", "7001").await;
     let held =
