@@ -15,5 +15,11 @@ SELECT :primaries + i, 's' || i || '@prefill.test', '5' || i, i, 'secondary',
        timestamptz '2025-01-01' + i * interval '1 millisecond'
 FROM generate_series(1, :primaries) AS i;
 SELECT setval('contacts_id_seq', (SELECT max(id) FROM contacts));
+-- Their evidence, as the ledger's migration records data from before it.
+INSERT INTO identity_events (kind, contact_id, primary_id, pre_ledger, created_at)
+SELECT CASE WHEN linked_id IS NULL THEN 'created' ELSE 'linked' END::identity_event_kind,
+       id, coalesce(linked_id, id), true, created_at
+FROM contacts ORDER BY id;
 COMMIT;
 ANALYZE contacts;
+ANALYZE identity_events;

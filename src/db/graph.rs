@@ -496,27 +496,47 @@ pub struct SplitComponent<'a> {
     pub value: &'a ContactValue,
 }
 
-/// Records one `split` event per component.
+/// Records one `split` event per component, in one statement: a split of a large
+/// identity makes thousands of components.
 pub async fn record_splits(
     conn: &mut AsyncPgConnection,
     components: &[SplitComponent<'_>],
     request_id: Option<&str>,
 ) -> diesel::QueryResult<()> {
-    for component in components {
-        diesel::sql_query(
-            "INSERT INTO identity_events (kind, primary_id, from_primary_id, email, \
-                 phone_number, contact_ids, request_id) \
-             VALUES ('split', $1, $2, $3, $4, $5, $6)",
-        )
-        .bind::<Int4, _>(component.primary_id)
-        .bind::<Int4, _>(component.from_primary_id)
-        .bind::<Nullable<Text>, _>(email_of(component.value))
-        .bind::<Nullable<Text>, _>(phone_of(component.value))
-        .bind::<Array<Int4>, _>(&component.contact_ids)
-        .bind::<Nullable<Text>, _>(request_id)
-        .execute(conn)
-        .await?;
+    let Some(first) = components.first() else {
+        return Ok(());
+    };
+    let primary_ids: Vec<i32> = components.iter().map(|c| c.primary_id).collect();
+    let from_primary_ids: Vec<i32> = components.iter().map(|c| c.from_primary_id).collect();
+    // The members flattened, each with its component's (1-based) position.
+    let mut member_ids: Vec<i32> = Vec::new();
+    let mut member_components: Vec<i64> = Vec::new();
+    for (position, component) in components.iter().enumerate() {
+        member_ids.extend(&component.contact_ids);
+        member_components.extend(std::iter::repeat_n(
+            position as i64 + 1,
+            component.contact_ids.len(),
+        ));
     }
+    diesel::sql_query(
+        "INSERT INTO identity_events (kind, primary_id, from_primary_id, email, \
+             phone_number, contact_ids, request_id) \
+         SELECT 'split', c.primary_id, c.from_primary_id, $3, $4, m.ids, $5 \
+         FROM unnest($1::int4[], $2::int4[]) WITH ORDINALITY AS c(primary_id, from_primary_id, n) \
+         JOIN (SELECT component, array_agg(id ORDER BY position) AS ids \
+               FROM unnest($6::int4[], $7::int8[]) WITH ORDINALITY AS m(id, component, position) \
+               GROUP BY component) AS m ON m.component = c.n \
+         ORDER BY c.n",
+    )
+    .bind::<Array<Int4>, _>(&primary_ids)
+    .bind::<Array<Int4>, _>(&from_primary_ids)
+    .bind::<Nullable<Text>, _>(email_of(first.value))
+    .bind::<Nullable<Text>, _>(phone_of(first.value))
+    .bind::<Nullable<Text>, _>(request_id)
+    .bind::<Array<Int4>, _>(&member_ids)
+    .bind::<Array<Int8>, _>(&member_components)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
