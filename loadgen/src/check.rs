@@ -82,7 +82,31 @@ pub async fn preflight(url: &str, run_id: RunId) -> Result<(), CheckError> {
 pub async fn run(url: &str, run_id: RunId, log: ModelLog) -> Result<ModelCheck, CheckError> {
     let client = connect(url).await?;
     let loaded = load(&client, run_id, &log).await?;
-    Ok(evaluate(run_id, log, loaded))
+    let blocked = load_blocked(&client, run_id).await?;
+    Ok(evaluate(run_id, log, loaded, &blocked))
+}
+
+/// This run's values that administrators blocked (`--repair-every-ms`): the server
+/// removed them from every contact and split what they joined.
+async fn load_blocked(client: &Client, run_id: RunId) -> Result<HashSet<Node>, CheckError> {
+    // A server from before the identity graph has no such table: nothing is blocked.
+    let Ok(rows) = client
+        .query("SELECT kind, value FROM blocked_values", &[])
+        .await
+    else {
+        return Ok(HashSet::new());
+    };
+    let mut blocked = HashSet::new();
+    for row in rows {
+        let kind: String = row.try_get(0).map_err(query_failed)?;
+        let value: String = row.try_get(1).map_err(query_failed)?;
+        let node = match kind.as_str() {
+            "email" => run_id.parse_email(&value).map(Node::Email),
+            _ => run_id.parse_phone(&value).map(Node::Phone),
+        };
+        blocked.extend(node);
+    }
+    Ok(blocked)
 }
 
 /// What the check found.
@@ -92,6 +116,8 @@ pub struct ModelCheck {
     /// Live contacts of this run's identities.
     pub contacts: usize,
     pub identities: usize,
+    /// Values of this run blocked by repairs during it; the models leave them out.
+    pub blocked_values: usize,
     pub partition: Partition,
     pub checks: Vec<Check>,
 }
@@ -271,19 +297,37 @@ async fn fetch<T: ToSql + Sync>(
 }
 
 /// Runs every check over the loaded rows.
-fn evaluate(run_id: RunId, mut log: ModelLog, loaded: Loaded) -> ModelCheck {
+///
+/// When repairs blocked values, the models are those of docs/SPEC.md §10: each
+/// request without its blocked values, and for the lower bound only the requests
+/// that left evidence (a request that changed nothing is not evidence, and a split
+/// may part what it found together). Answers from before a split may have tied
+/// together what the split parted, and a contact left with no value is deleted: the
+/// two answer checks apply to runs without repairs only.
+fn evaluate(
+    run_id: RunId,
+    mut log: ModelLog,
+    loaded: Loaded,
+    blocked: &HashSet<Node>,
+) -> ModelCheck {
+    let repaired = !blocked.is_empty();
     let index = RowIndex::new(run_id, &loaded.rows);
     let i1 = check_links(&index);
     let i2 = check_primaries_are_oldest(&index);
     let i3 = check_values_unshared(run_id, &index);
-    let mut acknowledged_model = model_of(&log.acknowledged);
+    let evidence = if repaired {
+        &log.changed
+    } else {
+        &log.acknowledged
+    };
+    let mut acknowledged_model = model_of(evidence, blocked);
     let together = check_acknowledged_together(run_id, &index, &mut acknowledged_model);
-    let mut sent_model = model_of(&log.sent);
+    let mut sent_model = model_of(&log.sent, blocked);
     let linked = check_identities_linked(run_id, &index, &mut sent_model);
     let kept = check_answered_contacts_kept(&index, &log.answers, &loaded.soft_deleted);
     let answered = check_answers_together(run_id, &index, &mut log.answers);
-    let present = check_acknowledged_values_present(run_id, &index, &log.answers);
-    let inserted = check_rows_from_requests(run_id, &index, &log.sent);
+    let present = check_acknowledged_values_present(run_id, &index, &log.answers, blocked);
+    let inserted = check_rows_from_requests(run_id, &index, &log.sent, blocked);
 
     let bounded = together.passed() && linked.passed() && present.passed();
     let partition = if !bounded {
@@ -293,13 +337,18 @@ fn evaluate(run_id: RunId, mut log: ModelLog, loaded: Loaded) -> ModelCheck {
     } else {
         Partition::Between
     };
-    let checks = vec![
-        i1, i2, i3, together, linked, kept, answered, present, inserted,
-    ];
+    let checks = if repaired {
+        vec![i1, i2, i3, together, linked, present, inserted]
+    } else {
+        vec![
+            i1, i2, i3, together, linked, kept, answered, present, inserted,
+        ]
+    };
     ModelCheck {
         passed: checks.iter().all(Check::passed),
         contacts: index.rows.len(),
         identities: index.identities.len(),
+        blocked_values: blocked.len(),
         partition,
         checks,
     }
@@ -369,13 +418,25 @@ impl<'a> RowIndex<'a> {
     }
 }
 
-/// The partition that joining each of `requests` makes.
-fn model_of(requests: &HashSet<Request>) -> UnionFind<Node> {
+/// The partition that joining each of `requests`, without its `blocked` values, makes.
+fn model_of(requests: &HashSet<Request>, blocked: &HashSet<Node>) -> UnionFind<Node> {
     let mut model = UnionFind::default();
     for &request in requests {
-        model.join(request_nodes(request));
+        model.join(request_nodes(request).filter(|node| !blocked.contains(node)));
     }
     model
+}
+
+/// `request` without its blocked values.
+fn strip(request: Request, blocked: &HashSet<Node>) -> Request {
+    Request {
+        email: request
+            .email
+            .filter(|n| !blocked.contains(&Node::Email(*n))),
+        phone: request
+            .phone
+            .filter(|n| !blocked.contains(&Node::Phone(*n))),
+    }
 }
 
 /// I1: flags links to contacts that are gone or are secondaries themselves.
@@ -560,6 +621,7 @@ fn check_acknowledged_values_present(
     run_id: RunId,
     index: &RowIndex,
     answers: &UnionFind<Node>,
+    blocked: &HashSet<Node>,
 ) -> Check {
     // The answers' values include every acknowledged request's values.
     let mut present = Check::new("every acknowledged email and phone exists");
@@ -567,7 +629,11 @@ fn check_acknowledged_values_present(
         .items()
         .iter()
         .copied()
-        .filter(|node| !matches!(node, Node::Contact(_)) && !index.holders.contains_key(node))
+        .filter(|node| {
+            !matches!(node, Node::Contact(_))
+                && !index.holders.contains_key(node)
+                && !blocked.contains(node)
+        })
         .collect();
     acknowledged_values.sort();
     for node in acknowledged_values {
@@ -582,9 +648,19 @@ fn check_acknowledged_values_present(
 }
 
 /// Flags rows whose values no request sent together, and rows repeating another's.
-fn check_rows_from_requests(run_id: RunId, index: &RowIndex, sent: &HashSet<Request>) -> Check {
+fn check_rows_from_requests(
+    run_id: RunId,
+    index: &RowIndex,
+    sent: &HashSet<Request>,
+    blocked: &HashSet<Node>,
+) -> Check {
     // A row is inserted with one request's values, and only while the identity lacks
-    // one of them: so each row matches a request, and no two rows the same one.
+    // one of them: so each row matches a request, and no two rows the same one. A
+    // block takes its value out of rows, which can leave two rows alike.
+    let sent: HashSet<Request> = sent
+        .iter()
+        .map(|&request| strip(request, blocked))
+        .collect();
     let mut inserted = Check::new("each contact holds one sent request's values, no two the same");
     let mut first_holder: HashMap<Request, i32> = HashMap::new();
     for row in &index.by_id {
@@ -602,7 +678,9 @@ fn check_rows_from_requests(run_id: RunId, index: &RowIndex, sent: &HashSet<Requ
                 )
             });
         }
-        if let Some(first) = first_holder.insert(request, row.id) {
+        if let Some(first) = first_holder.insert(request, row.id)
+            && blocked.is_empty()
+        {
             inserted.violation(|| {
                 format!(
                     "contacts {first} and {} hold the same email and phone",
@@ -690,7 +768,7 @@ mod tests {
                 .collect(),
             outcome: None,
         };
-        log.record_acknowledged(request, &read_answer(run_id(), &answer));
+        log.record_acknowledged(request, &read_answer(run_id(), &answer), true);
     }
 
     fn request(email: u64, phone: u64) -> Request {
@@ -741,10 +819,40 @@ mod tests {
     #[test]
     fn a_database_that_matches_the_model_passes_with_an_equal_partition() {
         let (log, rows) = bridged();
-        let check = evaluate(run_id(), log, loaded(rows));
+        let check = evaluate(run_id(), log, loaded(rows), &HashSet::new());
         assert_eq!(failed(&check), Vec::<&str>::new());
         assert_eq!(check.partition, Partition::Equal);
         assert_eq!((check.contacts, check.identities), (4, 1));
+    }
+
+    #[test]
+    fn a_block_takes_its_value_out_of_the_models() {
+        // Phone 2 joined the two customers; blocking it splits them back.
+        let (log, _) = bridged();
+        let split = vec![
+            row(1, Some(1), None, None),
+            row(2, Some(3), Some(4), None),
+            row(3, Some(1), Some(5), Some(1)),
+            row(4, Some(3), None, Some(2)),
+        ];
+        let blocked = HashSet::from([Node::Phone(2)]);
+        let check = evaluate(run_id(), log, loaded(split), &blocked);
+        assert_eq!(failed(&check), Vec::<&str>::new());
+        assert_eq!((check.identities, check.blocked_values), (2, 1));
+
+        // Left fused, they join what no request links without the blocked value.
+        let (log, _) = bridged();
+        let fused = vec![
+            row(1, Some(1), None, None),
+            row(2, Some(3), Some(4), Some(1)),
+            row(3, Some(1), Some(5), Some(1)),
+            row(4, Some(3), None, Some(1)),
+        ];
+        let check = evaluate(run_id(), log, loaded(fused), &blocked);
+        assert_eq!(
+            failed(&check),
+            vec!["each identity joins only values that requests linked"]
+        );
     }
 
     #[test]
@@ -753,7 +861,7 @@ mod tests {
         // It timed out but committed: a row with its values exists.
         log.record_sent(request(9, 5));
         rows.push(row(5, Some(9), Some(5), Some(1)));
-        let check = evaluate(run_id(), log, loaded(rows));
+        let check = evaluate(run_id(), log, loaded(rows), &HashSet::new());
         assert_eq!(failed(&check), Vec::<&str>::new());
         assert_eq!(check.partition, Partition::Between);
     }
@@ -770,7 +878,7 @@ mod tests {
         );
         // The database put the separate customer into the first identity.
         rows.push(row(6, Some(20), Some(21), Some(1)));
-        let check = evaluate(run_id(), log, loaded(rows));
+        let check = evaluate(run_id(), log, loaded(rows), &HashSet::new());
         assert_eq!(
             failed(&check),
             vec!["each identity joins only values that requests linked"]
@@ -786,7 +894,7 @@ mod tests {
         rows[3].linked_id = Some(2);
         rows.remove(2);
         rows[1].created_at = Utc.timestamp_opt(1_600_000_000, 0).unwrap();
-        let check = evaluate(run_id(), log, loaded(rows));
+        let check = evaluate(run_id(), log, loaded(rows), &HashSet::new());
         let failed = failed(&check);
         for expected in [
             "I1 every secondary links to a live primary",
@@ -804,7 +912,7 @@ mod tests {
         let (log, mut rows) = bridged();
         rows.push(row(5, Some(1), Some(2), Some(1)));
         rows.push(row(6, Some(1), Some(4), Some(1)));
-        let check = evaluate(run_id(), log, loaded(rows));
+        let check = evaluate(run_id(), log, loaded(rows), &HashSet::new());
         let inserted = check
             .checks
             .iter()

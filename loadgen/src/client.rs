@@ -164,6 +164,15 @@ impl ErrorKind {
     pub fn may_have_reached_server(&self) -> bool {
         *self != ErrorKind::Connect
     }
+
+    /// Every value of the request was blocked (docs/SPEC.md §10.3).
+    pub fn is_blocked_value(&self) -> bool {
+        match self {
+            ErrorKind::Status(status) => *status == 422,
+            ErrorKind::Graphql(code) => code == "BLOCKED_VALUE",
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for ErrorKind {
@@ -267,6 +276,45 @@ impl IdentifyClient {
 
     pub fn api(&self) -> Api {
         self.api
+    }
+
+    /// One GraphQL operation (a repair), within the time limit: its `data`, or why not.
+    pub async fn graphql(
+        &self,
+        endpoint: &Uri,
+        query: &str,
+        variables: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let exchange = async {
+            let body = json!({ "query": query, "variables": variables });
+            let mut request =
+                Request::post(endpoint.clone()).header(CONTENT_TYPE, "application/json");
+            if let Some(authorization) = &self.authorization {
+                request = request.header(AUTHORIZATION, authorization);
+            }
+            let request = request
+                .body(Full::new(Bytes::from(body.to_string())))
+                .map_err(|err| err.to_string())?;
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|err| error_chain(&err))?;
+            let body = Limited::new(response.into_body(), ANSWER_LIMIT_BYTES)
+                .collect()
+                .await
+                .map_err(|err| error_chain(&*err))?
+                .to_bytes();
+            let mut reply: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|err| err.to_string())?;
+            match reply.get("errors") {
+                Some(errors) => Err(errors.to_string()),
+                None => Ok(reply["data"].take()),
+            }
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err("timed out".to_owned()))
     }
 
     /// Sends one identify and reads the whole answer, within the time limit.

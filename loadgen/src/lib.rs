@@ -146,6 +146,14 @@ struct Args {
     #[arg(long, env = "LOADGEN_CREDENTIAL", hide_env_values = true)]
     credential: Option<String>,
 
+    /// Act as an administrator during the load, every MS milliseconds: block one value
+    /// of an acknowledged request (its email, then a phone, in turn) and approve or
+    /// reject this run's pending held requests (docs/SPEC.md §10). Needs a server
+    /// with the identity graph and, with authentication on, a credential with the
+    /// `admin` scope; the model check then takes the blocked values out.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    repair_every_ms: Option<u64>,
+
     /// Seconds between progress lines on stderr; 0 turns them off
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
     progress: Duration,
@@ -282,6 +290,13 @@ async fn run(args: Args) -> Result<Verdict, String> {
         seed: args.seed,
         run_id,
         keep_model: args.database_url.is_some(),
+        repairs: match args.repair_every_ms {
+            Some(every) => Some(run::RepairPlan {
+                every: Duration::from_millis(every),
+                endpoint: client::endpoint(&args.urls[0], client::Api::Graphql)?,
+            }),
+            None => None,
+        },
     };
     let mut outcome = run::load(plan, client, Workload::new(args.mix, keys), &mut interrupts).await;
 
@@ -418,6 +433,8 @@ fn facts(
         requests: tally.requests,
         ok: tally.ok,
         held: tally.held,
+        blocked: tally.blocked,
+        repairs: tally.repairs,
         latency_us: tally.latency_us,
         statuses: tally.statuses,
         errors: tally.errors,

@@ -11,7 +11,7 @@ use serde::ser::SerializeStruct;
 
 use crate::check::ModelCheck;
 use crate::client::Api;
-use crate::run::{ErrorTally, StopReason};
+use crate::run::{ErrorTally, RepairTally, StopReason};
 use crate::workload::{Kind, Mix, RunId};
 
 /// How many violations each check quotes.
@@ -155,6 +155,11 @@ pub struct Summary {
     pub ok: u64,
     /// Answers held for review (`outcome: held`), among `ok`.
     pub held: u64,
+    /// With repairs: requests refused because all their values were blocked, among `ok`.
+    pub blocked: u64,
+    /// What `--repair-every-ms` did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repairs: Option<RepairTally>,
     pub duration_s: f64,
     pub rps: f64,
     pub ok_rps: f64,
@@ -200,6 +205,8 @@ pub struct Facts {
     pub requests: u64,
     pub ok: u64,
     pub held: u64,
+    pub blocked: u64,
+    pub repairs: Option<RepairTally>,
     pub latency_us: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
     pub errors: BTreeMap<String, ErrorTally>,
@@ -226,6 +233,8 @@ impl Summary {
             requests: facts.requests,
             ok: facts.ok,
             held: facts.held,
+            blocked: facts.blocked,
+            repairs: facts.repairs,
             duration_s: facts.elapsed_s,
             rps: per_second(facts.requests, facts.elapsed_s),
             ok_rps: per_second(facts.ok, facts.elapsed_s),
@@ -367,6 +376,16 @@ impl Summary {
         writeln!(f, "ok (200)   {:>10}   {:>10.1}/s", self.ok, self.ok_rps)?;
         if self.held > 0 {
             writeln!(f, "  held     {:>10}", self.held)?;
+        }
+        if self.blocked > 0 {
+            writeln!(f, "  blocked  {:>10}", self.blocked)?;
+        }
+        if let Some(repairs) = &self.repairs {
+            writeln!(
+                f,
+                "repairs    {} blocked, {} approved, {} rejected, {} failed",
+                repairs.blocked, repairs.approved, repairs.rejected, repairs.failed
+            )?;
         }
         writeln!(
             f,

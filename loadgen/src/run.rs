@@ -6,7 +6,7 @@
 //! finish the request in flight, which `--timeout-ms` bounds; a second Ctrl-C
 //! abandons those too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::pending;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::client::{ErrorKind, Failure, IdentifyClient, Reply};
-use crate::model::{AnswerChecks, ModelLog, read_answer};
+use crate::model::{AnswerChecks, ModelLog, Node, read_answer};
 use crate::workload::{Kind, Prng, Request, RunId, Workload, mix64};
 
 /// A pause after a failed connection attempt: a server that is down refuses at once,
@@ -39,6 +39,29 @@ pub struct Plan {
     pub run_id: RunId,
     /// Keep what the model check needs (it costs memory and some CPU).
     pub keep_model: bool,
+    /// Administrators' repairs during the load, if asked for.
+    pub repairs: Option<RepairPlan>,
+}
+
+/// `--repair-every-ms`: every `every`, block one value of an acknowledged request
+/// and resolve this run's pending held requests, over GraphQL at `endpoint`.
+#[derive(Clone, Debug)]
+pub struct RepairPlan {
+    pub every: Duration,
+    pub endpoint: Uri,
+}
+
+/// What the repairs did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairTally {
+    pub blocked: u64,
+    pub approved: u64,
+    pub rejected: u64,
+    /// Repairs the server refused or that failed in transport.
+    pub failed: u64,
+    /// Approved held requests that changed something, for the model.
+    #[serde(skip)]
+    pub applied: Vec<Request>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +106,10 @@ pub struct Tally {
     /// Answers with outcome `held`: nothing linked, so neither acknowledged nor
     /// checked as an identity.
     pub held: u64,
+    /// With repairs on: requests refused because every value was blocked (422
+    /// `BLOCKED_VALUE`), which is the server doing its job.
+    pub blocked: u64,
+    pub repairs: Option<RepairTally>,
     /// Microseconds, for every request that got an HTTP answer.
     pub latency_us: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
@@ -99,6 +126,8 @@ impl Tally {
             requests: 0,
             ok: 0,
             held: 0,
+            blocked: 0,
+            repairs: None,
             latency_us: latency_histogram(),
             statuses: BTreeMap::new(),
             errors: BTreeMap::new(),
@@ -122,6 +151,7 @@ impl Tally {
         self.requests += other.requests;
         self.ok += other.ok;
         self.held += other.held;
+        self.blocked += other.blocked;
         // Both histograms have the same bounds, so adding cannot fail.
         self.latency_us.add(&other.latency_us).ok();
         for (status, count) in other.statuses {
@@ -172,6 +202,10 @@ struct Shared {
     started: AtomicU64,
     request_limit: Option<u64>,
     keep_model: bool,
+    /// With repairs on: every value a repair blocked or is about to block. Filled
+    /// before the block is sent, so an answer lacking such a value is never taken for
+    /// a wrong one.
+    blocking: Option<Mutex<HashSet<Node>>>,
 }
 
 /// What the load produced.
@@ -208,6 +242,14 @@ pub async fn load(
     let (phase_sender, phase) = watch::channel(Phase::Running);
     let started = Instant::now();
     let mut workers = spawn_workers(&plan, &shared, &phase);
+    let repairs = plan.repairs.clone().map(|repairs| {
+        tokio::spawn(repair(
+            Arc::clone(&shared),
+            repairs,
+            Prng::new(mix64(plan.seed ^ 0x5eed)),
+            phase.clone(),
+        ))
+    });
 
     let deadline = plan.duration.map(|duration| started + duration);
     let mut deadline = std::pin::pin!(sleep_until(deadline));
@@ -246,6 +288,23 @@ pub async fn load(
             () = tick(&mut ticker) => eprintln!("{}", progress.line(&shared.live)),
         }
     }
+    if let Some(repairs) = repairs {
+        match repairs.await {
+            Ok(repaired) => {
+                if let Some(model) = &mut tally.model {
+                    for &request in &repaired.applied {
+                        model.sent.insert(request);
+                        model.changed.insert(request);
+                    }
+                }
+                tally.repairs = Some(repaired);
+            }
+            Err(err) => {
+                crashed_workers += 1;
+                eprintln!("loadgen: the repair task crashed: {err}");
+            }
+        }
+    }
     Outcome {
         tally,
         elapsed: started.elapsed(),
@@ -269,7 +328,17 @@ impl Shared {
             started: AtomicU64::new(0),
             request_limit: plan.requests,
             keep_model: plan.keep_model,
+            blocking: plan.repairs.as_ref().map(|_| Mutex::new(HashSet::new())),
         }
+    }
+
+    fn is_blocked(&self, node: &Node) -> bool {
+        self.blocking.as_ref().is_some_and(|blocking| {
+            blocking
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(node)
+        })
     }
 }
 
@@ -393,15 +462,28 @@ fn record(
             tally.answer_checks.inspect(
                 shared.client.api(),
                 shared.run_id,
-                kind,
-                request,
+                (kind, request),
                 &answer,
                 &read,
+                |node| shared.is_blocked(node),
             );
             if let Some(model) = &mut tally.model {
-                model.record_acknowledged(request, &read);
+                let changed = !answer
+                    .outcome
+                    .as_deref()
+                    .is_some_and(|outcome| outcome.eq_ignore_ascii_case("unchanged"));
+                model.record_acknowledged(request, &read, changed);
             }
             shared.workload.acknowledge(request);
+            false
+        }
+        Err(failure) if shared.blocking.is_some() && failure.kind.is_blocked_value() => {
+            tally.ok += 1;
+            tally.blocked += 1;
+            shared.live.ok.fetch_add(1, Ordering::Relaxed);
+            if let Some(model) = &mut tally.model {
+                model.record_sent(request);
+            }
             false
         }
         Err(failure) => {
@@ -466,4 +548,116 @@ impl ProgressLine {
             requests.saturating_sub(ok)
         )
     }
+}
+
+const BLOCK_VALUE: &str =
+    "mutation($input: BlockValueInput!) { blockValue(input: $input) { identities } }";
+const PENDING_HELD: &str = "{ heldRequests(first: 100) { nodes { id email phoneNumber } } }";
+const APPROVE_HELD: &str = "mutation($id: Int!) { approveHeld(id: $id) { outcome } }";
+const REJECT_HELD: &str = "mutation($id: Int!) { rejectHeld(id: $id) { held { id } } }";
+
+/// The administrator: until the load stops, every `plan.every` blocks one value of an
+/// acknowledged request (its email or its phone, in turn) and approves or rejects,
+/// in turn, this run's pending held requests.
+async fn repair(
+    shared: Arc<Shared>,
+    plan: RepairPlan,
+    mut rng: Prng,
+    phase: watch::Receiver<Phase>,
+) -> RepairTally {
+    let mut tally = RepairTally::default();
+    let mut ticker = tokio::time::interval(plan.every);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut turn = 0u64;
+    while *phase.borrow() == Phase::Running {
+        ticker.tick().await;
+        turn += 1;
+        if let Some(request) = shared.workload.sample(&mut rng) {
+            let (node, input) = match (turn % 2, request.email, request.phone) {
+                (0, Some(email), _) | (_, Some(email), None) => (
+                    Node::Email(email),
+                    serde_json::json!({"email": shared.run_id.email(email), "reason": "loadgen repair"}),
+                ),
+                (_, _, Some(phone)) => (
+                    Node::Phone(phone),
+                    serde_json::json!({"phoneNumber": shared.run_id.phone(phone), "reason": "loadgen repair"}),
+                ),
+                (_, None, None) => continue,
+            };
+            if let Some(blocking) = &shared.blocking {
+                blocking
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(node);
+            }
+            match shared
+                .client
+                .graphql(
+                    &plan.endpoint,
+                    BLOCK_VALUE,
+                    serde_json::json!({ "input": input }),
+                )
+                .await
+            {
+                Ok(_) => tally.blocked += 1,
+                Err(_) => tally.failed += 1,
+            }
+        }
+        let Ok(held) = shared
+            .client
+            .graphql(&plan.endpoint, PENDING_HELD, serde_json::Value::Null)
+            .await
+        else {
+            tally.failed += 1;
+            continue;
+        };
+        let nodes = held["heldRequests"]["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for record in nodes {
+            // Only this run's: other runs' held requests are theirs to resolve.
+            let email = record["email"]
+                .as_str()
+                .map(|e| shared.run_id.parse_email(e));
+            let phone = record["phoneNumber"]
+                .as_str()
+                .map(|p| shared.run_id.parse_phone(p));
+            let (Some(id), Some(email), Some(phone)) = (
+                record["id"].as_i64(),
+                email.map_or(Some(None), |parsed| parsed.map(Some)),
+                phone.map_or(Some(None), |parsed| parsed.map(Some)),
+            ) else {
+                continue;
+            };
+            turn += 1;
+            let variables = serde_json::json!({ "id": id });
+            if turn.is_multiple_of(2) {
+                match shared
+                    .client
+                    .graphql(&plan.endpoint, APPROVE_HELD, variables)
+                    .await
+                {
+                    Ok(answer) => {
+                        tally.approved += 1;
+                        if answer["approveHeld"]["outcome"] != "UNCHANGED" {
+                            tally.applied.push(Request { email, phone });
+                        }
+                    }
+                    Err(_) => tally.failed += 1,
+                }
+            } else {
+                match shared
+                    .client
+                    .graphql(&plan.endpoint, REJECT_HELD, variables)
+                    .await
+                {
+                    Ok(_) => tally.rejected += 1,
+                    Err(_) => tally.failed += 1,
+                }
+            }
+        }
+    }
+    tally
 }

@@ -358,6 +358,14 @@ impl Workload {
         }
     }
 
+    /// One acknowledged request with both values, if any: what a repair picks from.
+    pub fn sample(&self, rng: &mut Prng) -> Option<Request> {
+        self.pool().pick(rng).map(|known| Request {
+            email: Some(known.email),
+            phone: Some(known.phone),
+        })
+    }
+
     fn fresh(&self) -> u64 {
         self.next_value.fetch_add(1, Ordering::Relaxed)
     }

@@ -171,6 +171,56 @@ async fn heavy_contention_on_a_small_key_space() {
     server_check(&database.url);
 }
 
+/// An administrator blocks values and resolves held requests while 64 connections
+/// identify over a small key space (docs/SPEC.md §10): no deadlock, every answer a
+/// 200 (or 422 for a request whose every value was blocked), the model check with
+/// the blocked values taken out passes, and `check --deep` rebuilds every identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repairs_under_heavy_contention() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let database = TestDatabase::create().await;
+    // Low limits, so that requests are held and there is something to resolve.
+    let server = ServerProcess::start_with(
+        &database.url,
+        0,
+        &["--max-identity-emails", "6", "--max-identity-phones", "6"],
+    )
+    .await;
+    let scratch = scratch_dir("repairs");
+    let report = scratch.path().join("report.json");
+    let seconds = load_seconds().to_string();
+    let (output, summary) = run_loadgen(
+        vec![server.url("")],
+        database.url.clone(),
+        &[
+            "--connections",
+            "64",
+            "--keys",
+            "64",
+            "--duration",
+            &seconds,
+            "--seed",
+            "11",
+            "--repair-every-ms",
+            "100",
+        ],
+        report,
+    )
+    .await;
+    assert_passed(&output, &summary);
+    assert_eq!(
+        summary["ok"], summary["requests"],
+        "answers other than identities, holds and blocks: {summary}"
+    );
+    assert!(count(&summary, "repairs", "blocked") > 3, "{summary}");
+    assert!(
+        summary["model_check"]["blocked_values"].as_u64().unwrap() > 3,
+        "{summary}"
+    );
+    assert_eq!(count(&summary, "repairs", "failed"), 0, "{summary}");
+    server_check(&database.url);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_server_processes_share_one_database() {
     let _turn = ONE_AT_A_TIME.lock().await;
