@@ -224,7 +224,13 @@ pub async fn unblock_value(
     value: ContactValue,
     actor: Actor<'_>,
 ) -> Result<bool, ServiceError> {
+    let (email, phone) = match &value {
+        ContactValue::Email(email) => (Some(email), None),
+        ContactValue::Phone(phone) => (None, Some(phone)),
+    };
     with_retry!(pool, |conn| {
+        // The value's lock, as a block takes it: the two serialise.
+        contacts::lock_values(conn, email, phone).await?;
         Ok::<_, AttemptError>(graph::delete_block(conn, &value, actor.request_id).await?)
     })
 }
@@ -297,31 +303,28 @@ pub async fn approve_held(
     Err(ServiceError::Contended)
 }
 
-/// Marks a held request rejected; with `block_suspect`, then blocks its suspect
-/// value as [`block_value`] does.
+/// Marks a held request rejected; with `block_suspect`, also blocks its suspect
+/// value as [`block_value`] does, in the same transaction.
 pub async fn reject_held(
     pool: &DbPool,
     id: i64,
     block_suspect: bool,
     actor: Actor<'_>,
 ) -> Result<(HeldRecord, Option<Blocked>), ServiceError> {
-    let record = with_retry!(pool, |conn| {
+    let reason = format!("suspect value of rejected held request {id}");
+    with_retry!(pool, |conn| {
+        // The values' locks before the record's, as in identify and approveHeld.
+        let unlocked = pending(graph::find_held(conn, id, false).await?, id)?;
+        let email = unlocked.email.clone().map(Email::from_stored);
+        let phone = unlocked.phone_number.clone().map(Phone::from_stored);
+        contacts::lock_values(conn, email.as_ref(), phone.as_ref()).await?;
         let held = pending(graph::find_held(conn, id, true).await?, id)?;
-        Ok::<_, AttemptError>(
-            graph::resolve_held(conn, &held, None, actor.principal, actor.request_id).await?,
-        )
-    })?;
-    let blocked = match (block_suspect, record.suspect()) {
-        (true, Some(suspect)) => Some(
-            block_value(
-                pool,
-                suspect,
-                &format!("suspect value of rejected held request {id}"),
-                actor,
-            )
-            .await?,
-        ),
-        _ => None,
-    };
-    Ok((record, blocked))
+        let record =
+            graph::resolve_held(conn, &held, None, actor.principal, actor.request_id).await?;
+        let blocked = match (block_suspect, record.suspect()) {
+            (true, Some(suspect)) => Some(block_once(conn, &suspect, &reason, actor).await?),
+            _ => None,
+        };
+        Ok::<_, AttemptError>((record, blocked))
+    })
 }

@@ -31,6 +31,9 @@ CREATE INDEX identity_events_merge_email_idx ON identity_events (email)
     WHERE kind IN ('merged', 'blocked');
 CREATE INDEX identity_events_merge_phone_idx ON identity_events (phone_number)
     WHERE kind IN ('merged', 'blocked');
+-- Splits are found by the contacts they list.
+CREATE INDEX identity_events_split_members_idx ON identity_events USING gin (contact_ids)
+    WHERE kind = 'split';
 
 -- Contacts from before the ledger: each primary's creation, and each secondary's
 -- link, whose evidence is the link itself (the values that made it are unknown).

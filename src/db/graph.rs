@@ -258,7 +258,8 @@ pub struct BlockRecord {
     pub created_at: DateTime<Utc>,
 }
 
-/// Blocks a value (a repeat keeps the first reason) and records a `blocked` event.
+/// Blocks a value and records a `blocked` event; a repeat keeps the first block and
+/// records nothing.
 pub async fn insert_block(
     conn: &mut AsyncPgConnection,
     value: &ContactValue,
@@ -266,7 +267,7 @@ pub async fn insert_block(
     principal: &str,
     request_id: Option<&str>,
 ) -> diesel::QueryResult<()> {
-    diesel::sql_query(
+    let inserted = diesel::sql_query(
         "INSERT INTO blocked_values (kind, value, reason, blocked_by) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (kind, value) DO NOTHING",
     )
@@ -276,6 +277,9 @@ pub async fn insert_block(
     .bind::<Text, _>(principal)
     .execute(conn)
     .await?;
+    if inserted == 0 {
+        return Ok(());
+    }
     record_value_event(conn, "blocked", value, request_id).await
 }
 
@@ -580,28 +584,39 @@ pub async fn relink_deleted(
     .await
 }
 
-/// Deletes the contacts holding only `value`, then removes `value` from the others
-/// (live or soft-deleted); returns (deleted, changed).
+/// Removes `value` from every contact holding it, live or soft-deleted, and deletes
+/// the contacts it leaves empty; returns (deleted, changed).
+///
+/// The value goes first from rows that keep another value, then the rows holding
+/// only it go: a concurrent block of a row's other value then re-checks that row
+/// (READ COMMITTED re-evaluates the condition on the new version) and deletes it
+/// rather than leaving it empty. Rows still linked to a row about to go (only
+/// soft-deleted rows can be: live ones were re-linked by the split) become their own
+/// primaries first, so the foreign key holds.
 pub async fn remove_value(
     conn: &mut AsyncPgConnection,
     value: &ContactValue,
 ) -> diesel::QueryResult<(usize, usize)> {
-    let (delete, update) = match value {
-        ContactValue::Email(_) => (
-            "DELETE FROM contacts WHERE email = $1 AND phone_number IS NULL",
-            "UPDATE contacts SET email = NULL, updated_at = clock_timestamp() WHERE email = $1",
-        ),
-        ContactValue::Phone(_) => (
-            "DELETE FROM contacts WHERE phone_number = $1 AND email IS NULL",
-            "UPDATE contacts SET phone_number = NULL, updated_at = clock_timestamp() \
-             WHERE phone_number = $1",
-        ),
+    let (column, other) = match value {
+        ContactValue::Email(_) => ("email", "phone_number"),
+        ContactValue::Phone(_) => ("phone_number", "email"),
     };
-    let deleted = diesel::sql_query(delete)
-        .bind::<Text, _>(value.as_str())
-        .execute(conn)
-        .await?;
-    let changed = diesel::sql_query(update)
+    let changed = diesel::sql_query(format!(
+        "UPDATE contacts SET {column} = NULL, updated_at = clock_timestamp() \
+         WHERE {column} = $1 AND {other} IS NOT NULL"
+    ))
+    .bind::<Text, _>(value.as_str())
+    .execute(conn)
+    .await?;
+    diesel::sql_query(format!(
+        "UPDATE contacts SET linked_id = NULL, link_precedence = 'primary', \
+             updated_at = clock_timestamp() \
+         WHERE linked_id IN (SELECT id FROM contacts WHERE {column} = $1)"
+    ))
+    .bind::<Text, _>(value.as_str())
+    .execute(conn)
+    .await?;
+    let deleted = diesel::sql_query(format!("DELETE FROM contacts WHERE {column} = $1"))
         .bind::<Text, _>(value.as_str())
         .execute(conn)
         .await?;

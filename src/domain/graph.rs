@@ -237,53 +237,57 @@ pub fn linked_because(
     let mut came_from: BTreeMap<usize, (usize, Via)> = BTreeMap::new();
     let mut queue = VecDeque::from([start]);
     let mut seen = HashSet::from([start]);
+    // Each value is expanded once, from the first contact that reaches it (which is
+    // as near the start as any holder): linear in the graph, not quadratic in an
+    // identity of thousands sharing one value.
+    let mut expanded_emails: HashSet<&Email> = HashSet::new();
+    let mut expanded_phones: HashSet<&Phone> = HashSet::new();
     while let Some(current) = queue.pop_front() {
         if current == goal {
             break;
         }
         let contact = members[current];
         let mut next: Vec<(usize, Via)> = Vec::new();
-        if let Some(email) = &contact.email {
-            next.extend(
-                by_email[email]
-                    .iter()
-                    .map(|&i| (i, Via::Email(email.clone()))),
-            );
+        let reach = |holders: &[usize], via: &dyn Fn() -> Via, next: &mut Vec<(usize, Via)>| {
+            for &holder in holders {
+                if !seen.contains(&holder) {
+                    next.push((holder, via()));
+                }
+            }
+        };
+        if let Some(email) = &contact.email
+            && expanded_emails.insert(email)
+        {
+            reach(&by_email[email], &|| Via::Email(email.clone()), &mut next);
             for (event_id, phone) in pairs_by_email.get(email).into_iter().flatten() {
-                next.extend(by_phone.get(phone).into_iter().flatten().map(|&i| {
-                    let via = Via::Merge {
-                        event_id: *event_id,
-                        email: email.clone(),
-                        phone: (*phone).clone(),
-                    };
-                    (i, via)
-                }));
+                let holders = by_phone.get(phone).map_or(&[][..], Vec::as_slice);
+                let via = || Via::Merge {
+                    event_id: *event_id,
+                    email: email.clone(),
+                    phone: (*phone).clone(),
+                };
+                reach(holders, &via, &mut next);
             }
         }
-        if let Some(phone) = &contact.phone {
-            next.extend(
-                by_phone[phone]
-                    .iter()
-                    .map(|&i| (i, Via::Phone(phone.clone()))),
-            );
+        if let Some(phone) = &contact.phone
+            && expanded_phones.insert(phone)
+        {
+            reach(&by_phone[phone], &|| Via::Phone(phone.clone()), &mut next);
             for (event_id, email) in pairs_by_phone.get(phone).into_iter().flatten() {
-                next.extend(by_email.get(email).into_iter().flatten().map(|&i| {
-                    let via = Via::Merge {
-                        event_id: *event_id,
-                        email: (*email).clone(),
-                        phone: phone.clone(),
-                    };
-                    (i, via)
-                }));
+                let holders = by_email.get(email).map_or(&[][..], Vec::as_slice);
+                let via = || Via::Merge {
+                    event_id: *event_id,
+                    email: (*email).clone(),
+                    phone: phone.clone(),
+                };
+                reach(holders, &via, &mut next);
             }
         }
-        next.extend(
-            links
-                .get(&current)
-                .into_iter()
-                .flatten()
-                .map(|&(event_id, i)| (i, Via::PreLedger { event_id })),
-        );
+        for &(event_id, holder) in links.get(&current).into_iter().flatten() {
+            if !seen.contains(&holder) {
+                next.push((holder, Via::PreLedger { event_id }));
+            }
+        }
         next.sort_by_key(|(i, _)| *i);
         for (neighbour, via) in next {
             if seen.insert(neighbour) {

@@ -6,7 +6,7 @@ use async_graphql::connection::{Connection, Edge, OpaqueCursor};
 use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::{Context, InputObject, Object, Result};
 
-use super::error::RequireScope;
+use super::error::{ErrorCode, RequireScope};
 use super::limits::{LOOKUP_COST, Page, page_size};
 use super::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
 use super::types::{
@@ -185,6 +185,14 @@ impl QueryRoot {
         #[graphql(desc = "The `endCursor` of the previous page.")] after: Option<String>,
     ) -> Result<Connection<OpaqueCursor<(String, String)>, BlockedValueNode>> {
         let page = Page::<(String, String)>::parse(first, after)?;
+        // Issued cursors hold stored values; a forged one must not reach the database
+        // with a character PostgreSQL's text cannot hold.
+        if let Some((kind, value)) = &page.after
+            && (kind.contains('\0') || value.contains('\0'))
+        {
+            return Err(ErrorCode::BadUserInput
+                .argument_error("after", "after is not a cursor this API issued"));
+        }
         let state = ctx.data_unchecked::<AppState>();
         let mut conn = state.pool.get().await.map_err(DbError::from)?;
         let rows = graph::list_blocks(&mut conn, page.after.clone(), page.first as i64 + 1)

@@ -364,6 +364,15 @@ impl BlockValueInput {
         if reason.is_empty() {
             return Err(InputError::new(Field::Body, "say why in reason"));
         }
+        if let Some(control) = reason.chars().find(|c| c.is_control()) {
+            return Err(InputError::new(
+                Field::Body,
+                format!(
+                    "reason must not contain control characters (found U+{:04X})",
+                    u32::from(control)
+                ),
+            ));
+        }
         if reason.chars().count() > MAX_REASON_CHARS {
             return Err(InputError::new(
                 Field::Body,
