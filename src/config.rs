@@ -42,6 +42,16 @@ pub enum Command {
         #[arg(long)]
         deep: bool,
     },
+    /// Forget a customer: their identity's contacts and every trace of its values
+    /// (docs/SPEC.md §11); applies pending migrations first. Exactly one of the three.
+    Erase {
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        phone: Option<String>,
+        #[arg(long)]
+        primary_contact_id: Option<i32>,
+    },
     /// Manage API keys (applies pending migrations first).
     Keys {
         #[command(subcommand)]

@@ -20,7 +20,11 @@ fn main() -> ExitCode {
             println!("{}", openapi::json());
             return ExitCode::SUCCESS;
         }
-        Command::Serve | Command::Migrate | Command::Check { .. } | Command::Keys { .. } => {}
+        Command::Serve
+        | Command::Migrate
+        | Command::Check { .. }
+        | Command::Erase { .. }
+        | Command::Keys { .. } => {}
     }
     telemetry::init(cli.config.log_format);
     match run(command, cli.config) {
@@ -111,6 +115,11 @@ async fn run_async(command: Command, config: Config) -> Result<ExitCode, String>
     match command {
         Command::Migrate => return Ok(ExitCode::SUCCESS),
         Command::Keys { action } => return keys(&pool, action).await,
+        Command::Erase {
+            email,
+            phone,
+            primary_contact_id,
+        } => return erase(&pool, email, phone, primary_contact_id).await,
         _ => {}
     }
     config.validate()?;
@@ -209,6 +218,51 @@ async fn keys(pool: &db::DbPool, action: KeysCommand) -> Result<ExitCode, String
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `erase`: prints what was erased as JSON; exit status 2 when nothing matched.
+async fn erase(
+    pool: &db::DbPool,
+    email: Option<String>,
+    phone: Option<String>,
+    primary_contact_id: Option<i32>,
+) -> Result<ExitCode, String> {
+    use identity_reconciliation::domain::{ContactValue, Email, Phone};
+    use identity_reconciliation::repair::{self, Actor, ErasureTarget};
+    use identity_reconciliation::service::ServiceError;
+
+    let target = match (email, phone, primary_contact_id) {
+        (Some(email), None, None) => ErasureTarget::Value(ContactValue::Email(
+            Email::parse(&email)
+                .map_err(|err| err.to_string())?
+                .ok_or("--email is blank")?,
+        )),
+        (None, Some(phone), None) => ErasureTarget::Value(ContactValue::Phone(
+            Phone::parse(&phone)
+                .map_err(|err| err.to_string())?
+                .ok_or("--phone is blank")?,
+        )),
+        (None, None, Some(id)) => ErasureTarget::Primary(id),
+        _ => return Err("give exactly one of --email, --phone and --primary-contact-id".into()),
+    };
+    let actor = Actor {
+        principal: "cli",
+        request_id: None,
+    };
+    match repair::erase(pool, target, actor).await {
+        Ok(erased) => {
+            println!(
+                "{}",
+                serde_json::to_string(&erased).map_err(|err| err.to_string())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ServiceError::NotFound(message)) => {
+            eprintln!("nothing erased: {message}");
+            Ok(ExitCode::from(2))
+        }
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 /// Prints one line per invariant; fails when any is violated.

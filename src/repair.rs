@@ -5,13 +5,13 @@
 //! matched primaries `FOR UPDATE`), so it serialises with every identify touching
 //! the identities it changes and with nothing else.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures_util::future::try_join3;
 
 use crate::db::graph::{self, HeldRecord, SplitComponent};
-use crate::db::{DbError, DbPool, contacts};
+use crate::db::{DbError, DbPool, contacts, erasure};
 use crate::domain::{
     Contact, ContactValue, Email, Evidence, IdentifyRequest, Identity, Limits, Phone, components,
     live_evidence,
@@ -327,4 +327,178 @@ pub async fn reject_held(
         };
         Ok::<_, AttemptError>((record, blocked))
     })
+}
+
+/// Whom `erase` forgets (docs/SPEC.md §11).
+#[derive(Debug, Clone)]
+pub enum ErasureTarget {
+    /// The identity holding this value, and every trace of the value itself.
+    Value(ContactValue),
+    /// The identity this live primary heads.
+    Primary(i32),
+}
+
+/// What an erasure removed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Erased {
+    /// The erased identity's primary; `None` when only traces carried the value.
+    pub primary_contact_id: Option<i32>,
+    pub contacts_erased: usize,
+    pub values_erased: usize,
+    pub events_redacted: usize,
+    pub held_requests_erased: usize,
+    pub blocks_erased: usize,
+}
+
+/// Forgets an identity: its contacts and every trace of its values, in one
+/// transaction, under the locks of every one of its values.
+pub async fn erase(
+    pool: &DbPool,
+    target: ErasureTarget,
+    actor: Actor<'_>,
+) -> Result<Erased, ServiceError> {
+    with_retry!(pool, |conn| erase_once(conn, &target, actor).await)
+}
+
+async fn erase_once(
+    conn: &mut AsyncPgConnection,
+    target: &ErasureTarget,
+    actor: Actor<'_>,
+) -> Result<Erased, AttemptError> {
+    let not_found = |what: String| AttemptError::Refused(ServiceError::NotFound(what));
+    // Unlocked first, to learn which values to lock; checked again under the locks.
+    let primary_id = match target {
+        ErasureTarget::Value(value) => {
+            erasure::primary_holding(conn, email_of(value), phone_of(value)).await?
+        }
+        ErasureTarget::Primary(id) => {
+            let rows = erasure::identity_rows(conn, *id, false).await?;
+            if !rows
+                .iter()
+                .any(|row| row.id == *id && row.linked_id.is_none())
+            {
+                return Err(not_found(format!("no primary contact {id}")));
+            }
+            Some(*id)
+        }
+    };
+    let rows = match primary_id {
+        Some(primary_id) => erasure::identity_rows(conn, primary_id, false).await?,
+        None => Vec::new(),
+    };
+    let (mut emails, mut phones) = values_of(&rows);
+    if let ErasureTarget::Value(value) = target {
+        match value {
+            ContactValue::Email(email) => emails.insert(email.as_str().to_owned()),
+            ContactValue::Phone(phone) => phones.insert(phone.as_str().to_owned()),
+        };
+    }
+    // The customer's held requests carry their values too, and perhaps one no
+    // contact holds (the new value that was held back): that one goes as well.
+    let (held_emails, held_phones) = erasure::held_values(
+        conn,
+        &emails.iter().cloned().collect::<Vec<_>>(),
+        &phones.iter().cloned().collect::<Vec<_>>(),
+    )
+    .await?;
+    for email in held_emails {
+        let holder = erasure::primary_holding(conn, Some(&email), None).await?;
+        if holder.is_none() || holder == primary_id {
+            emails.insert(email);
+        }
+    }
+    for phone in held_phones {
+        let holder = erasure::primary_holding(conn, None, Some(&phone)).await?;
+        if holder.is_none() || holder == primary_id {
+            phones.insert(phone);
+        }
+    }
+    let emails: Vec<String> = emails.into_iter().collect();
+    let phones: Vec<String> = phones.into_iter().collect();
+    erasure::lock_all_values(conn, &emails, &phones).await?;
+
+    // Under the locks: the identity must be the one read, with no value unlocked.
+    let locked_rows = match primary_id {
+        Some(primary_id) => erasure::identity_rows(conn, primary_id, true).await?,
+        None => Vec::new(),
+    };
+    let still_primary = primary_id.is_none_or(|primary_id| {
+        locked_rows
+            .iter()
+            .any(|row| row.id == primary_id && row.linked_id.is_none())
+    });
+    let (locked_emails, locked_phones) = values_of(&locked_rows);
+    let unlocked_value = locked_emails.iter().any(|e| !emails.contains(e))
+        || locked_phones.iter().any(|p| !phones.contains(p));
+    if !still_primary || unlocked_value {
+        return Err(AttemptError::Raced);
+    }
+    // Nobody else may hold a value about to be erased: it would be theirs too.
+    if erasure::held_elsewhere(conn, &emails, &phones, primary_id).await? {
+        return Err(AttemptError::Raced);
+    }
+
+    let purged = erasure::purge(conn, primary_id, &emails, &phones).await?;
+    if primary_id.is_none() && purged == erasure::Purged::default() {
+        return Err(not_found("nothing holds that value".to_owned()));
+    }
+    let key = erasure::erasure_key(conn).await?;
+    let hashes: Vec<String> = emails
+        .iter()
+        .map(|e| keyed_hash(&key, "email", e))
+        .chain(phones.iter().map(|p| keyed_hash(&key, "phone", p)))
+        .collect();
+    let contact_ids: Vec<i32> = locked_rows.iter().map(|row| row.id).collect();
+    erasure::record(
+        conn,
+        primary_id,
+        &contact_ids,
+        &hashes,
+        actor.principal,
+        actor.request_id,
+    )
+    .await?;
+    Ok(Erased {
+        primary_contact_id: primary_id,
+        contacts_erased: purged.contacts,
+        values_erased: hashes.len(),
+        events_redacted: purged.events_redacted,
+        held_requests_erased: purged.held_requests,
+        blocks_erased: purged.blocks,
+    })
+}
+
+fn email_of(value: &ContactValue) -> Option<&str> {
+    match value {
+        ContactValue::Email(email) => Some(email.as_str()),
+        ContactValue::Phone(_) => None,
+    }
+}
+
+fn phone_of(value: &ContactValue) -> Option<&str> {
+    match value {
+        ContactValue::Phone(phone) => Some(phone.as_str()),
+        ContactValue::Email(_) => None,
+    }
+}
+
+fn values_of(rows: &[erasure::ErasedRow]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let emails = rows.iter().filter_map(|row| row.email.clone()).collect();
+    let phones = rows
+        .iter()
+        .filter_map(|row| row.phone_number.clone())
+        .collect();
+    (emails, phones)
+}
+
+/// HMAC-SHA256 of `kind:value` under the database's erasure key, in hex.
+fn keyed_hash(key: &[u8], kind: &str, value: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(kind.as_bytes());
+    mac.update(b":");
+    mac.update(value.as_bytes());
+    crate::auth::keys::hex(&mac.finalize().into_bytes())
 }

@@ -70,7 +70,7 @@ pub fn secret_matches(secret: &str, stored: &str) -> bool {
         .into()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 

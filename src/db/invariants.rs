@@ -76,6 +76,12 @@ const CHECKS: &[(&str, &str)] = &[
          FROM held_requests h WHERE NOT EXISTS ( \
              SELECT 1 FROM identity_events e WHERE e.kind = 'held' AND e.held_id = h.id)",
     ),
+    (
+        "erasure: no erased contact exists again",
+        "SELECT format('contact %s was erased but exists', c.id) AS detail \
+         FROM erasures e CROSS JOIN LATERAL unnest(e.contact_ids) AS erased(id) \
+         JOIN contacts c ON c.id = erased.id",
+    ),
 ];
 
 /// How many examples each report carries.

@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod contacts;
 pub mod embedded;
+pub mod erasure;
 mod error;
 pub mod graph;
 pub mod invariants;

@@ -6,9 +6,10 @@ use super::error::{RequireIdentify, RequireScope};
 use super::limits::REPAIR_COST;
 use super::types::{BlockResult, BlockValueInput, HeldRequest, IdentityNode};
 use crate::auth::{Authentication, Scope};
-use crate::domain::IdentifyRequest;
+use crate::domain::{ContactValue, Email, IdentifyRequest, Phone};
+use crate::graphql::error::ErrorCode;
 use crate::middleware::RequestId;
-use crate::repair::{self, Actor};
+use crate::repair::{self, Actor, ErasureTarget};
 use crate::service;
 use crate::state::AppState;
 
@@ -21,6 +22,28 @@ pub struct IdentifyInput {
     pub email: Option<String>,
     /// Spaces, dashes, dots and parentheses are dropped; a leading `+` is kept.
     pub phone_number: Option<String>,
+}
+
+/// Whom `eraseIdentity` forgets: exactly one of the three.
+#[derive(Debug, InputObject)]
+pub struct EraseInput {
+    pub email: Option<String>,
+    pub phone_number: Option<String>,
+    pub primary_contact_id: Option<i32>,
+}
+
+/// What an erasure removed (docs/SPEC.md §11).
+#[derive(SimpleObject)]
+#[graphql(name = "Erasure")]
+pub struct ErasureResult {
+    /// The erased identity's primary; null when only traces (a held request, a
+    /// block) carried the value.
+    pub primary_contact_id: Option<i32>,
+    pub contacts_erased: usize,
+    pub values_erased: usize,
+    pub events_redacted: usize,
+    pub held_requests_erased: usize,
+    pub blocks_erased: usize,
 }
 
 /// What `rejectHeld` did.
@@ -103,6 +126,46 @@ impl MutationRoot {
             identified.identity.into(),
             Some(identified.outcome),
         ))
+    }
+
+    /// Forgets a customer: every contact of the identity and every trace of its
+    /// values, in one transaction (docs/SPEC.md §11). A later order with the same
+    /// values starts a new customer.
+    #[graphql(
+        guard = "RequireScope(Scope::Admin)",
+        complexity = "REPAIR_COST + child_complexity"
+    )]
+    async fn erase_identity(&self, ctx: &Context<'_>, input: EraseInput) -> Result<ErasureResult> {
+        let target = match (input.email, input.phone_number, input.primary_contact_id) {
+            (Some(email), None, None) => {
+                ErasureTarget::Value(ContactValue::Email(Email::parse(&email)?.ok_or_else(
+                    || ErrorCode::BadUserInput.argument_error("email", "email is blank"),
+                )?))
+            }
+            (None, Some(phone), None) => ErasureTarget::Value(ContactValue::Phone(
+                Phone::parse(&phone)?.ok_or_else(|| {
+                    ErrorCode::BadUserInput.argument_error("phoneNumber", "phoneNumber is blank")
+                })?,
+            )),
+            (None, None, Some(id)) => ErasureTarget::Primary(id),
+            _ => {
+                return Err(ErrorCode::BadUserInput.argument_error(
+                    "input",
+                    "give exactly one of email, phoneNumber and primaryContactId",
+                ));
+            }
+        };
+        let state = ctx.data_unchecked::<AppState>();
+        let erased = repair::erase(&state.pool, target, actor(ctx)).await?;
+        super::query::audit(ctx, Some("eraseIdentity"), 0);
+        Ok(ErasureResult {
+            primary_contact_id: erased.primary_contact_id,
+            contacts_erased: erased.contacts_erased,
+            values_erased: erased.values_erased,
+            events_redacted: erased.events_redacted,
+            held_requests_erased: erased.held_requests_erased,
+            blocks_erased: erased.blocks_erased,
+        })
     }
 
     /// Rejects a held request; with `blockValue: true`, also blocks its suspect

@@ -5,6 +5,7 @@ mod abuse;
 mod access;
 mod browser;
 mod concurrency;
+mod erasure;
 mod generated;
 mod graph;
 mod graphql;

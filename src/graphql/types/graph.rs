@@ -46,6 +46,7 @@ pub enum EventKind {
     Unblocked,
     Approved,
     Rejected,
+    Erased,
 }
 
 impl EventKind {
@@ -59,6 +60,7 @@ impl EventKind {
             "blocked" => EventKind::Blocked,
             "unblocked" => EventKind::Unblocked,
             "approved" => EventKind::Approved,
+            "erased" => EventKind::Erased,
             _ => EventKind::Rejected,
         }
     }

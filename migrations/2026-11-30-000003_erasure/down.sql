@@ -1,0 +1,3 @@
+-- PostgreSQL cannot drop one value of an enum; `erased` stays, unused.
+DROP TABLE erasure_key;
+DROP TABLE erasures;

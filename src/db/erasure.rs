@@ -1,0 +1,260 @@
+//! The statements of an erasure (docs/SPEC.md §11): every trace of a customer's
+//! values, in every table that can hold one.
+
+use diesel::QueryableByName;
+use diesel::sql_types::{Array, Bytea, Int4, Nullable, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+/// One contact of the identity being erased, live or soft-deleted.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct ErasedRow {
+    #[diesel(sql_type = Int4)]
+    pub id: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub email: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub phone_number: Option<String>,
+    #[diesel(sql_type = Nullable<Int4>)]
+    pub linked_id: Option<i32>,
+}
+
+/// Every row of the identity headed by `primary_id`, soft-deleted ones included;
+/// with `lock`, locked, the primary first (as `identify` locks it: a merge that holds
+/// it and re-links the secondaries must not find one of them locked by us).
+pub async fn identity_rows(
+    conn: &mut AsyncPgConnection,
+    primary_id: i32,
+    lock: bool,
+) -> diesel::QueryResult<Vec<ErasedRow>> {
+    if lock {
+        diesel::sql_query("SELECT id FROM contacts WHERE id = $1 FOR UPDATE")
+            .bind::<Int4, _>(primary_id)
+            .execute(conn)
+            .await?;
+    }
+    let lock = if lock { "FOR UPDATE" } else { "" };
+    diesel::sql_query(format!(
+        "SELECT id, email, phone_number, linked_id FROM contacts \
+         WHERE id = $1 OR linked_id = $1 ORDER BY id {lock}"
+    ))
+    .bind::<Int4, _>(primary_id)
+    .load(conn)
+    .await
+}
+
+#[derive(Debug, QueryableByName)]
+struct PrimaryOf {
+    #[diesel(sql_type = Int4)]
+    primary_id: i32,
+}
+
+/// The primary of the live identity holding the email or the phone, if any.
+pub async fn primary_holding(
+    conn: &mut AsyncPgConnection,
+    email: Option<&str>,
+    phone: Option<&str>,
+) -> diesel::QueryResult<Option<i32>> {
+    let rows: Vec<PrimaryOf> = diesel::sql_query(
+        "SELECT DISTINCT coalesce(linked_id, id) AS primary_id FROM contacts \
+         WHERE deleted_at IS NULL AND (email = $1 OR phone_number = $2) \
+         ORDER BY primary_id LIMIT 1",
+    )
+    .bind::<Nullable<Text>, _>(email)
+    .bind::<Nullable<Text>, _>(phone)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().next().map(|row| row.primary_id))
+}
+
+#[derive(Debug, QueryableByName)]
+struct HeldValues {
+    #[diesel(sql_type = Nullable<Text>)]
+    email: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    phone_number: Option<String>,
+}
+
+/// The values of the held requests that carry one of these values: the customer's
+/// requests, whose other value is theirs too unless a contact of someone else holds it.
+pub async fn held_values(
+    conn: &mut AsyncPgConnection,
+    emails: &[String],
+    phones: &[String],
+) -> diesel::QueryResult<(Vec<String>, Vec<String>)> {
+    let rows: Vec<HeldValues> = diesel::sql_query(
+        "SELECT email, phone_number FROM held_requests \
+         WHERE email = ANY($1) OR phone_number = ANY($2)",
+    )
+    .bind::<Array<Text>, _>(emails)
+    .bind::<Array<Text>, _>(phones)
+    .load(conn)
+    .await?;
+    let held_emails = rows.iter().filter_map(|row| row.email.clone()).collect();
+    let held_phones = rows
+        .iter()
+        .filter_map(|row| row.phone_number.clone())
+        .collect();
+    Ok((held_emails, held_phones))
+}
+
+#[derive(Debug, QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    count: i64,
+}
+
+/// Whether a live contact outside the identity headed by `primary_id` (any, for
+/// `None`) holds one of these values.
+pub async fn held_elsewhere(
+    conn: &mut AsyncPgConnection,
+    emails: &[String],
+    phones: &[String],
+    primary_id: Option<i32>,
+) -> diesel::QueryResult<bool> {
+    let row: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM contacts \
+         WHERE deleted_at IS NULL AND (email = ANY($1) OR phone_number = ANY($2)) \
+           AND coalesce(linked_id, id) IS DISTINCT FROM $3",
+    )
+    .bind::<Array<Text>, _>(emails)
+    .bind::<Array<Text>, _>(phones)
+    .bind::<Nullable<Int4>, _>(primary_id)
+    .get_result(conn)
+    .await?;
+    Ok(row.count > 0)
+}
+
+/// Transaction-scoped advisory locks on every value, in key order: the order
+/// `identify` takes its two in, so the two cannot deadlock.
+pub async fn lock_all_values(
+    conn: &mut AsyncPgConnection,
+    emails: &[String],
+    phones: &[String],
+) -> diesel::QueryResult<()> {
+    diesel::sql_query(
+        "SELECT pg_advisory_xact_lock(key) FROM ( \
+             SELECT DISTINCT key FROM ( \
+                 SELECT hashtextextended('email:' || e, 0) AS key FROM unnest($1::text[]) AS e \
+                 UNION ALL \
+                 SELECT hashtextextended('phone:' || p, 0) FROM unnest($2::text[]) AS p) AS all_keys \
+             ORDER BY key) AS keys",
+    )
+    .bind::<Array<Text>, _>(emails)
+    .bind::<Array<Text>, _>(phones)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What one erasure removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub contacts: usize,
+    pub events_redacted: usize,
+    pub held_requests: usize,
+    pub blocks: usize,
+}
+
+/// Deletes the identity's contacts (if any) and every trace of the values.
+pub async fn purge(
+    conn: &mut AsyncPgConnection,
+    primary_id: Option<i32>,
+    emails: &[String],
+    phones: &[String],
+) -> diesel::QueryResult<Purged> {
+    let contacts = match primary_id {
+        Some(primary_id) => {
+            diesel::sql_query("DELETE FROM contacts WHERE id = $1 OR linked_id = $1")
+                .bind::<Int4, _>(primary_id)
+                .execute(conn)
+                .await?
+        }
+        None => 0,
+    };
+    let events_redacted = diesel::sql_query(
+        "UPDATE identity_events SET \
+             email = CASE WHEN email = ANY($1) THEN NULL ELSE email END, \
+             phone_number = CASE WHEN phone_number = ANY($2) THEN NULL ELSE phone_number END \
+         WHERE email = ANY($1) OR phone_number = ANY($2)",
+    )
+    .bind::<Array<Text>, _>(emails)
+    .bind::<Array<Text>, _>(phones)
+    .execute(conn)
+    .await?;
+    let held_requests = diesel::sql_query(
+        "DELETE FROM held_requests WHERE email = ANY($1) OR phone_number = ANY($2) \
+             OR suspect_value = ANY($1) OR suspect_value = ANY($2)",
+    )
+    .bind::<Array<Text>, _>(emails)
+    .bind::<Array<Text>, _>(phones)
+    .execute(conn)
+    .await?;
+    let blocks = diesel::sql_query(
+        "DELETE FROM blocked_values \
+         WHERE (kind = 'email' AND value = ANY($1)) OR (kind = 'phone' AND value = ANY($2))",
+    )
+    .bind::<Array<Text>, _>(emails)
+    .bind::<Array<Text>, _>(phones)
+    .execute(conn)
+    .await?;
+    Ok(Purged {
+        contacts,
+        events_redacted,
+        held_requests,
+        blocks,
+    })
+}
+
+#[derive(Debug, QueryableByName)]
+struct KeyRow {
+    #[diesel(sql_type = Bytea)]
+    key: Vec<u8>,
+}
+
+/// The database's erasure key, made by the first erasure that needs it.
+pub async fn erasure_key(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<u8>> {
+    let mut fresh = [0u8; 32];
+    getrandom::fill(&mut fresh).map_err(|err| {
+        diesel::result::Error::QueryBuilderError(format!("no randomness: {err}").into())
+    })?;
+    diesel::sql_query("INSERT INTO erasure_key (key) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind::<Bytea, _>(&fresh[..])
+        .execute(conn)
+        .await?;
+    let row: KeyRow = diesel::sql_query("SELECT key FROM erasure_key")
+        .get_result(conn)
+        .await?;
+    Ok(row.key)
+}
+
+/// Records the erasure: ids and keyed hashes, and the ledger's `erased` event.
+pub async fn record(
+    conn: &mut AsyncPgConnection,
+    primary_id: Option<i32>,
+    contact_ids: &[i32],
+    value_hashes: &[String],
+    principal: &str,
+    request_id: Option<&str>,
+) -> diesel::QueryResult<()> {
+    diesel::sql_query(
+        "INSERT INTO erasures (primary_id, contact_ids, value_hashes, erased_by, request_id) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind::<Nullable<Int4>, _>(primary_id)
+    .bind::<Array<Int4>, _>(contact_ids)
+    .bind::<Array<Text>, _>(value_hashes)
+    .bind::<Text, _>(principal)
+    .bind::<Nullable<Text>, _>(request_id)
+    .execute(conn)
+    .await?;
+    diesel::sql_query(
+        "INSERT INTO identity_events (kind, primary_id, contact_ids, request_id) \
+         VALUES ('erased', $1, $2, $3)",
+    )
+    .bind::<Nullable<Int4>, _>(primary_id)
+    .bind::<Array<Int4>, _>(contact_ids)
+    .bind::<Nullable<Text>, _>(request_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
