@@ -282,6 +282,15 @@ pub struct Config {
     #[arg(long, env = "MAX_IDENTITY_PHONES", default_value_t = 25, global = true)]
     pub max_identity_phones: usize,
 
+    /// Days change events are kept in the outbox before they are pruned; 0 keeps them.
+    #[arg(
+        long,
+        env = "EVENT_RETENTION_DAYS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub event_retention_days: u32,
+
     /// Log output format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,

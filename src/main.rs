@@ -130,6 +130,9 @@ async fn run_async(command: Command, config: Config) -> Result<ExitCode, String>
             .map_err(|err| format!("could not read the JWT keys: {err}"))?;
     }
     announce_access(&state, &config).await?;
+    if config.event_retention_days > 0 {
+        tokio::spawn(prune_changes(pool.clone(), config.event_retention_days));
+    }
     let (listener, address) = app::bind(&config)
         .await
         .map_err(|err| format!("could not listen on {}:{}: {err}", config.host, config.port))?;
@@ -218,6 +221,30 @@ async fn keys(pool: &db::DbPool, action: KeysCommand) -> Result<ExitCode, String
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prunes the change-event outbox past its retention, a minute after start and then
+/// every ten minutes; every process does it, which is harmless (the deletes are
+/// idempotent) and needs no leader.
+async fn prune_changes(pool: db::DbPool, days: u32) {
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(600),
+    );
+    loop {
+        ticker.tick().await;
+        let pruned = match pool.get().await {
+            Ok(mut conn) => db::changes::prune(&mut conn, days)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        match pruned {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, days, "pruned change events past retention"),
+            Err(error) => tracing::warn!(%error, "could not prune change events"),
+        }
+    }
 }
 
 /// `erase`: prints what was erased as JSON; exit status 2 when nothing matched.

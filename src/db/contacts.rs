@@ -145,6 +145,11 @@ pub async fn insert_contact(
                  (kind, contact_id, primary_id, email, phone_number, request_id, created_at) \
              SELECT CASE WHEN linked_id IS NULL THEN 'created' ELSE 'linked' END::identity_event_kind, \
                     id, coalesce(linked_id, id), $5, $6, $7, created_at \
+             FROM inserted), \
+         change AS ( \
+             INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
+             SELECT CASE WHEN linked_id IS NULL THEN 'created' ELSE 'linked' END, \
+                    ARRAY[coalesce(linked_id, id)], ARRAY[id], $7 \
              FROM inserted) \
          SELECT id, phone_number, email, linked_id, created_at, updated_at FROM inserted"
     );

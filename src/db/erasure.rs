@@ -248,8 +248,11 @@ pub async fn record(
     .execute(conn)
     .await?;
     diesel::sql_query(
-        "INSERT INTO identity_events (kind, primary_id, contact_ids, request_id) \
-         VALUES ('erased', $1, $2, $3)",
+        "WITH event AS ( \
+             INSERT INTO identity_events (kind, primary_id, contact_ids, request_id) \
+             VALUES ('erased', $1, $2, $3)) \
+         INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
+         VALUES ('erased', array_remove(ARRAY[$1::int4], NULL), $2, $3)",
     )
     .bind::<Nullable<Int4>, _>(primary_id)
     .bind::<Array<Int4>, _>(contact_ids)

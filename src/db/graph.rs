@@ -25,7 +25,7 @@ fn phone_of(value: &ContactValue) -> Option<&str> {
     }
 }
 
-/// Records one `merged` event per demoted primary.
+/// Records one `merged` event per demoted primary, and the change for the outbox.
 pub async fn record_merges(
     mut conn: &AsyncPgConnection,
     primary_id: i32,
@@ -35,9 +35,12 @@ pub async fn record_merges(
     request_id: Option<&str>,
 ) -> diesel::QueryResult<()> {
     static_sql!(
-        RecordMergesSql = "INSERT INTO identity_events \
-             (kind, contact_id, primary_id, email, phone_number, request_id) \
-         SELECT 'merged', demoted, $1, $3, $4, $5 FROM unnest($2::int4[]) AS demoted"
+        RecordMergesSql = "WITH events AS ( \
+             INSERT INTO identity_events \
+                 (kind, contact_id, primary_id, email, phone_number, request_id) \
+             SELECT 'merged', demoted, $1, $3, $4, $5 FROM unnest($2::int4[]) AS demoted) \
+         INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
+         VALUES ('merged', ARRAY[$1::int4] || $2::int4[], $2::int4[], $5)"
     );
     Prepared::<RecordMergesSql, _>::new((
         Bind::<Int4, _>::new(primary_id),
@@ -104,7 +107,10 @@ pub async fn record_held(
              ON CONFLICT (email, phone_number) WHERE status = 'pending' DO UPDATE \
              SET times_seen = held_requests.times_seen + 1, last_seen_at = clock_timestamp(), \
                  primary_ids = EXCLUDED.primary_ids, request_id = EXCLUDED.request_id \
-             RETURNING id) \
+             RETURNING id), \
+         change AS ( \
+             INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
+             SELECT 'held', $3, '{}', $7 FROM held) \
          INSERT INTO identity_events (kind, primary_id, email, phone_number, held_id, request_id) \
          SELECT 'held', $8, $1, $2, held.id, $7 FROM held \
          RETURNING held_id"
@@ -523,14 +529,19 @@ pub async fn record_splits(
         ));
     }
     diesel::sql_query(
-        "INSERT INTO identity_events (kind, primary_id, from_primary_id, email, \
-             phone_number, contact_ids, request_id) \
-         SELECT 'split', c.primary_id, c.from_primary_id, $3, $4, m.ids, $5 \
-         FROM unnest($1::int4[], $2::int4[]) WITH ORDINALITY AS c(primary_id, from_primary_id, n) \
-         JOIN (SELECT component, array_agg(id ORDER BY position) AS ids \
-               FROM unnest($6::int4[], $7::int8[]) WITH ORDINALITY AS m(id, component, position) \
-               GROUP BY component) AS m ON m.component = c.n \
-         ORDER BY c.n",
+        "WITH events AS ( \
+             INSERT INTO identity_events (kind, primary_id, from_primary_id, email, \
+                 phone_number, contact_ids, request_id) \
+             SELECT 'split', c.primary_id, c.from_primary_id, $3, $4, m.ids, $5 \
+             FROM unnest($1::int4[], $2::int4[]) \
+                 WITH ORDINALITY AS c(primary_id, from_primary_id, n) \
+             JOIN (SELECT component, array_agg(id ORDER BY position) AS ids \
+                   FROM unnest($6::int4[], $7::int8[]) \
+                       WITH ORDINALITY AS m(id, component, position) \
+                   GROUP BY component) AS m ON m.component = c.n \
+             ORDER BY c.n) \
+         INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
+         VALUES ('split', $1, $6, $5)",
     )
     .bind::<Array<Int4>, _>(&primary_ids)
     .bind::<Array<Int4>, _>(&from_primary_ids)

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     RateLimited,
     /// Every value of an `identify` is blocked (docs/SPEC.md §10.3).
     BlockedValue,
+    /// A change-event cursor from before what retention kept (docs/SPEC.md §12).
+    CursorExpired,
     /// A bug or a broken database; never the client's fault.
     Internal,
 }
@@ -50,6 +52,7 @@ impl ErrorCode {
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::BlockedValue => "BLOCKED_VALUE",
+            ErrorCode::CursorExpired => "CURSOR_EXPIRED",
             ErrorCode::Internal => "INTERNAL",
         }
     }

@@ -10,11 +10,12 @@ use super::error::{ErrorCode, RequireScope};
 use super::limits::{LOOKUP_COST, Page, page_size};
 use super::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
 use super::types::{
-    BlockedValueNode, ContactNode, HeldRequest, HeldStatus, IdentityNode, LinkPrecedence,
+    BlockedValueNode, ContactNode, HeldRequest, HeldStatus, IdentityChange, IdentityNode,
+    LinkPrecedence,
 };
 use crate::auth::{self, Scope};
 use crate::db::contacts::{self, ContactFilter};
-use crate::db::{DbError, graph};
+use crate::db::{DbError, changes, graph};
 use crate::domain::{Contact, Email, IdentifyRequest, Phone};
 use crate::service;
 use crate::state::AppState;
@@ -168,6 +169,52 @@ impl QueryRoot {
             rows.into_iter()
                 .take(page.first)
                 .map(|row| Edge::new(OpaqueCursor(row.id), HeldRequest::from(row))),
+        );
+        Ok(connection)
+    }
+
+    /// Identity changes for consumers that poll, in a gap-free order (Relay cursor
+    /// connection; docs/SPEC.md §12): resume with the last `endCursor`; nothing is
+    /// missed and nothing repeated. Ids only: read values through `contact` and
+    /// `identity`. A cursor from before what retention kept is `CURSOR_EXPIRED`.
+    #[graphql(
+        guard = "RequireScope(Scope::Read)",
+        complexity = "page_size(first) as usize * child_complexity + 1"
+    )]
+    async fn identity_events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size: 20 when omitted, at most 100.")] first: Option<i32>,
+        #[graphql(desc = "The `endCursor` of the previous page.")] after: Option<String>,
+    ) -> Result<Connection<OpaqueCursor<changes::Position>, IdentityChange>> {
+        let page = Page::<changes::Position>::parse(first, after)?;
+        if let Some((xid, _)) = &page.after
+            && (xid.is_empty() || xid.len() > 20 || !xid.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(ErrorCode::BadUserInput
+                .argument_error("after", "after is not a cursor this API issued"));
+        }
+        let state = ctx.data_unchecked::<AppState>();
+        let mut conn = state.pool.get().await.map_err(DbError::from)?;
+        if let Some(after) = &page.after
+            && changes::expired(&mut conn, after)
+                .await
+                .map_err(DbError::from)?
+        {
+            return Err(ErrorCode::CursorExpired.error(
+                "events after this cursor were pruned by retention (EVENT_RETENTION_DAYS); \
+                 start again without a cursor",
+            ));
+        }
+        let rows = changes::page(&mut conn, page.after.as_ref(), page.first as i64 + 1)
+            .await
+            .map_err(DbError::from)?;
+        drop(conn);
+        let mut connection = Connection::new(page.after.is_some(), rows.len() > page.first);
+        connection.edges.extend(
+            rows.into_iter()
+                .take(page.first)
+                .map(|row| Edge::new(OpaqueCursor(row.position()), IdentityChange::from(row))),
         );
         Ok(connection)
     }

@@ -6,6 +6,7 @@ mod access;
 mod browser;
 mod concurrency;
 mod erasure;
+mod events;
 mod generated;
 mod graph;
 mod graphql;

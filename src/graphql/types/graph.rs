@@ -384,3 +384,47 @@ impl BlockValueInput {
         Ok(reason)
     }
 }
+
+/// What kind of change an outbox event reports (docs/SPEC.md §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum ChangeKind {
+    Created,
+    Linked,
+    Merged,
+    Split,
+    Held,
+    Erased,
+}
+
+/// One identity change, in the order consumers read them.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct IdentityChange {
+    pub kind: ChangeKind,
+    pub at: DateTime<Utc>,
+    /// The primaries involved: the new or kept one first for merges, every
+    /// component's for a split.
+    pub primary_contact_ids: Vec<i32>,
+    /// The contacts created, linked, demoted, split or erased.
+    pub contact_ids: Vec<i32>,
+    pub request_id: Option<String>,
+}
+
+impl From<crate::db::changes::ChangeRecord> for IdentityChange {
+    fn from(record: crate::db::changes::ChangeRecord) -> Self {
+        let kind = match record.kind.as_str() {
+            "created" => ChangeKind::Created,
+            "linked" => ChangeKind::Linked,
+            "merged" => ChangeKind::Merged,
+            "split" => ChangeKind::Split,
+            "held" => ChangeKind::Held,
+            _ => ChangeKind::Erased,
+        };
+        Self {
+            kind,
+            at: record.created_at,
+            primary_contact_ids: record.primary_ids,
+            contact_ids: record.contact_ids,
+            request_id: record.request_id,
+        }
+    }
+}

@@ -6,8 +6,8 @@ mod identity;
 
 pub use contact::{ContactNode, LinkPrecedence};
 pub use graph::{
-    BlockValueInput, BlockedValueNode, EvidenceStep, HeldRequest, HeldStatus, IdentityEvent,
-    OutcomeKind, SplitIdentity, ValueKind,
+    BlockValueInput, BlockedValueNode, EvidenceStep, HeldRequest, HeldStatus, IdentityChange,
+    IdentityEvent, OutcomeKind, SplitIdentity, ValueKind,
 };
 pub use identity::BlockResult;
 pub use identity::IdentityNode;

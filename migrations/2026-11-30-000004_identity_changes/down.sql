@@ -1,0 +1,2 @@
+DROP TABLE identity_changes_pruned;
+DROP TABLE identity_changes;
