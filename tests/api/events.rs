@@ -94,6 +94,23 @@ async fn every_change_is_an_event_in_order() {
     app.identify(Some("e@x.io"), Some("1003")).await;
     let (new, _, _) = read_at_least(&app, cursor, 1).await;
     assert_eq!(new, ["CREATED"]);
+
+    // Values through the identity the change belongs to now: the first change's
+    // contact is still Ada's; the erased identity is gone.
+    let page = app
+        .graphql_data(
+            "{ identityEvents(first: 100) { nodes { kind identity { primaryContactId emails } } } }",
+            json!({}),
+        )
+        .await;
+    let nodes = page["identityEvents"]["nodes"].as_array().unwrap().clone();
+    assert_eq!(
+        nodes[0]["identity"]["emails"],
+        json!(["a@x.io", "b@x.io"]),
+        "{page}"
+    );
+    assert_eq!(nodes[6]["kind"], "ERASED");
+    assert_eq!(nodes[6]["identity"], Value::Null);
 }
 
 /// The outbox gap: change ids are drawn at insert, so a transaction that inserted

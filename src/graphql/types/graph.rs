@@ -1,13 +1,19 @@
 //! The identity graph's GraphQL types (docs/SPEC.md §10): ledger events, evidence
 //! chains, held requests, blocks and what a block split.
 
-use async_graphql::{Enum, InputObject, SimpleObject};
+use async_graphql::dataloader::{DataLoader, HashMapCache};
+use async_graphql::{Context, Enum, InputObject, SimpleObject};
 use chrono::{DateTime, Utc};
 
+use super::IdentityNode;
+use crate::auth::Scope;
 use crate::auth::mask;
 use crate::db::graph::{BlockRecord, EventRecord, HeldRecord};
 use crate::domain::{ContactValue, Email, Field, Identity, InputError, Outcome, Phone, Step, Via};
-use crate::graphql::error::shown;
+use crate::graphql::error::{RequireScope, shown};
+use crate::graphql::limits::LOOKUP_COST;
+use crate::graphql::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
+use crate::graphql::query::audit;
 
 /// What one `identify` changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -398,6 +404,7 @@ pub enum ChangeKind {
 
 /// One identity change, in the order consumers read them.
 #[derive(Debug, Clone, SimpleObject)]
+#[graphql(complex)]
 pub struct IdentityChange {
     pub kind: ChangeKind,
     pub at: DateTime<Utc>,
@@ -407,6 +414,35 @@ pub struct IdentityChange {
     /// The contacts created, linked, demoted, split or erased.
     pub contact_ids: Vec<i32>,
     pub request_id: Option<String>,
+}
+
+#[async_graphql::ComplexObject]
+impl IdentityChange {
+    /// The identity the change's first primary belongs to now (values included,
+    /// for `read`); null once it is gone (erased).
+    #[graphql(
+        guard = "RequireScope(Scope::Read)",
+        complexity = "LOOKUP_COST + child_complexity"
+    )]
+    async fn identity(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<IdentityNode>> {
+        let Some(&first) = self.primary_contact_ids.first() else {
+            return Ok(None);
+        };
+        // Through the contact: a primary of then may be a secondary now.
+        let Some(contact) = ctx
+            .data_unchecked::<DataLoader<ContactLoader, HashMapCache>>()
+            .load_one(ContactId(first))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let identity = ctx
+            .data_unchecked::<DataLoader<MembersLoader, HashMapCache>>()
+            .load_one(PrimaryId(contact.primary_id()))
+            .await?;
+        audit(ctx, None, identity.as_ref().map_or(0, |i| i.contacts.len()));
+        Ok(identity.map(|identity| IdentityNode(identity, None)))
+    }
 }
 
 impl From<crate::db::changes::ChangeRecord> for IdentityChange {
