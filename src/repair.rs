@@ -88,10 +88,7 @@ async fn block_once(
     reason: &str,
     actor: Actor<'_>,
 ) -> Result<Blocked, AttemptError> {
-    let (email, phone) = match value {
-        ContactValue::Email(email) => (Some(email), None),
-        ContactValue::Phone(phone) => (None, Some(phone)),
-    };
+    let (email, phone) = (value.email(), value.phone());
     let members = {
         let shared: &AsyncPgConnection = conn;
         let ((), primaries, members) = try_join3(
@@ -224,10 +221,7 @@ pub async fn unblock_value(
     value: ContactValue,
     actor: Actor<'_>,
 ) -> Result<bool, ServiceError> {
-    let (email, phone) = match &value {
-        ContactValue::Email(email) => (Some(email), None),
-        ContactValue::Phone(phone) => (None, Some(phone)),
-    };
+    let (email, phone) = (value.email(), value.phone());
     with_retry!(pool, |conn| {
         // The value's lock, as a block takes it: the two serialise.
         contacts::lock_values(conn, email, phone).await?;
@@ -370,7 +364,12 @@ async fn erase_once(
     // Unlocked first, to learn which values to lock; checked again under the locks.
     let primary_id = match target {
         ErasureTarget::Value(value) => {
-            erasure::primary_holding(conn, email_of(value), phone_of(value)).await?
+            erasure::primary_holding(
+                conn,
+                value.email().map(Email::as_str),
+                value.phone().map(Phone::as_str),
+            )
+            .await?
         }
         ErasureTarget::Primary(id) => {
             let rows = erasure::identity_rows(conn, *id, false).await?;
@@ -467,20 +466,6 @@ async fn erase_once(
         held_requests_erased: purged.held_requests,
         blocks_erased: purged.blocks,
     })
-}
-
-fn email_of(value: &ContactValue) -> Option<&str> {
-    match value {
-        ContactValue::Email(email) => Some(email.as_str()),
-        ContactValue::Phone(_) => None,
-    }
-}
-
-fn phone_of(value: &ContactValue) -> Option<&str> {
-    match value {
-        ContactValue::Phone(phone) => Some(phone.as_str()),
-        ContactValue::Email(_) => None,
-    }
 }
 
 fn values_of(rows: &[erasure::ErasedRow]) -> (BTreeSet<String>, BTreeSet<String>) {

@@ -11,20 +11,6 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::prepared::{Bind, Prepared, static_sql};
 use crate::domain::{ContactValue, Email, EvidenceEvent, Hold, IdentifyRequest, Phone};
 
-fn email_of(value: &ContactValue) -> Option<&str> {
-    match value {
-        ContactValue::Email(email) => Some(email.as_str()),
-        ContactValue::Phone(_) => None,
-    }
-}
-
-fn phone_of(value: &ContactValue) -> Option<&str> {
-    match value {
-        ContactValue::Phone(phone) => Some(phone.as_str()),
-        ContactValue::Email(_) => None,
-    }
-}
-
 /// Records one `merged` event per demoted primary, and the change for the outbox.
 pub async fn record_merges(
     mut conn: &AsyncPgConnection,
@@ -317,8 +303,8 @@ async fn record_value_event(
          VALUES ($1::identity_event_kind, $2, $3, $4)",
     )
     .bind::<Text, _>(kind)
-    .bind::<Nullable<Text>, _>(email_of(value))
-    .bind::<Nullable<Text>, _>(phone_of(value))
+    .bind::<Nullable<Text>, _>(value.email().map(Email::as_str))
+    .bind::<Nullable<Text>, _>(value.phone().map(Phone::as_str))
     .bind::<Nullable<Text>, _>(request_id)
     .execute(conn)
     .await?;
@@ -545,8 +531,8 @@ pub async fn record_splits(
     )
     .bind::<Array<Int4>, _>(&primary_ids)
     .bind::<Array<Int4>, _>(&from_primary_ids)
-    .bind::<Nullable<Text>, _>(email_of(first.value))
-    .bind::<Nullable<Text>, _>(phone_of(first.value))
+    .bind::<Nullable<Text>, _>(first.value.email().map(Email::as_str))
+    .bind::<Nullable<Text>, _>(first.value.phone().map(Phone::as_str))
     .bind::<Nullable<Text>, _>(request_id)
     .bind::<Array<Int4>, _>(&member_ids)
     .bind::<Array<Int8>, _>(&member_components)

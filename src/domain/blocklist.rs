@@ -28,6 +28,20 @@ impl ContactValue {
         }
     }
 
+    pub fn email(&self) -> Option<&Email> {
+        match self {
+            ContactValue::Email(email) => Some(email),
+            ContactValue::Phone(_) => None,
+        }
+    }
+
+    pub fn phone(&self) -> Option<&Phone> {
+        match self {
+            ContactValue::Phone(phone) => Some(phone),
+            ContactValue::Email(_) => None,
+        }
+    }
+
     /// Rebuilds a value read back from `blocked_values` or a held record.
     pub fn from_stored(kind: &str, value: String) -> Option<Self> {
         match kind {

@@ -71,14 +71,9 @@ pub fn live_evidence(mut events: Vec<EvidenceEvent>) -> Vec<Evidence> {
             }
             EvidenceEvent::Split { contact_ids, .. } => split_later.extend(contact_ids),
             EvidenceEvent::Merged { id, email, phone } => {
-                let email_value = ContactValue::Email(email);
-                let phone_value = ContactValue::Phone(phone);
-                if !blocked_later.contains(&email_value) && !blocked_later.contains(&phone_value) {
-                    let (ContactValue::Email(email), ContactValue::Phone(phone)) =
-                        (email_value, phone_value)
-                    else {
-                        unreachable!("built just above")
-                    };
+                let severed = blocked_later.contains(&ContactValue::Email(email.clone()))
+                    || blocked_later.contains(&ContactValue::Phone(phone.clone()));
+                if !severed {
                     evidence.push(Evidence::Pair {
                         event_id: id,
                         email,

@@ -82,6 +82,29 @@ impl<C: serde::Serialize + serde::de::DeserializeOwned + Send + Sync> Page<C> {
             after,
         })
     }
+
+    /// How many rows to fetch: one more than the page tells whether another follows.
+    pub fn fetch_limit(&self) -> i64 {
+        self.first as i64 + 1
+    }
+
+    /// The connection of rows fetched with [`Page::fetch_limit`]: the first `first`
+    /// of them, each made into its cursor key and node by `edge`.
+    pub fn connection<R, N: async_graphql::OutputType>(
+        &self,
+        rows: Vec<R>,
+        mut edge: impl FnMut(R) -> (C, N),
+    ) -> async_graphql::connection::Connection<async_graphql::connection::OpaqueCursor<C>, N> {
+        use async_graphql::connection::{Connection, Edge, OpaqueCursor};
+        let mut connection = Connection::new(self.after.is_some(), rows.len() > self.first);
+        connection
+            .edges
+            .extend(rows.into_iter().take(self.first).map(|row| {
+                let (key, node) = edge(row);
+                Edge::new(OpaqueCursor(key), node)
+            }));
+        connection
+    }
 }
 
 /// The configured bounds.

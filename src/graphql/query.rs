@@ -154,23 +154,12 @@ impl QueryRoot {
         let page = Page::<i64>::parse(first, after)?;
         let state = ctx.data_unchecked::<AppState>();
         let mut conn = state.pool.get().await.map_err(DbError::from)?;
-        let rows = graph::list_held(
-            &mut conn,
-            status.as_str(),
-            page.after,
-            page.first as i64 + 1,
-        )
-        .await
-        .map_err(DbError::from)?;
+        let rows = graph::list_held(&mut conn, status.as_str(), page.after, page.fetch_limit())
+            .await
+            .map_err(DbError::from)?;
         drop(conn);
         audit(ctx, Some("heldRequests"), 0);
-        let mut connection = Connection::new(page.after.is_some(), rows.len() > page.first);
-        connection.edges.extend(
-            rows.into_iter()
-                .take(page.first)
-                .map(|row| Edge::new(OpaqueCursor(row.id), HeldRequest::from(row))),
-        );
-        Ok(connection)
+        Ok(page.connection(rows, |row| (row.id, HeldRequest::from(row))))
     }
 
     /// Identity changes for consumers that poll, in a gap-free order (Relay cursor
@@ -206,17 +195,11 @@ impl QueryRoot {
                  start again without a cursor",
             ));
         }
-        let rows = changes::page(&mut conn, page.after.as_ref(), page.first as i64 + 1)
+        let rows = changes::page(&mut conn, page.after.as_ref(), page.fetch_limit())
             .await
             .map_err(DbError::from)?;
         drop(conn);
-        let mut connection = Connection::new(page.after.is_some(), rows.len() > page.first);
-        connection.edges.extend(
-            rows.into_iter()
-                .take(page.first)
-                .map(|row| Edge::new(OpaqueCursor(row.position()), IdentityChange::from(row))),
-        );
-        Ok(connection)
+        Ok(page.connection(rows, |row| (row.position(), IdentityChange::from(row))))
     }
 
     /// Values administrators blocked, by kind and value (Relay cursor connection);
@@ -242,18 +225,16 @@ impl QueryRoot {
         }
         let state = ctx.data_unchecked::<AppState>();
         let mut conn = state.pool.get().await.map_err(DbError::from)?;
-        let rows = graph::list_blocks(&mut conn, page.after.clone(), page.first as i64 + 1)
+        let rows = graph::list_blocks(&mut conn, page.after.clone(), page.fetch_limit())
             .await
             .map_err(DbError::from)?;
         drop(conn);
-        let mut connection = Connection::new(page.after.is_some(), rows.len() > page.first);
-        connection
-            .edges
-            .extend(rows.into_iter().take(page.first).map(|row| {
-                let cursor = OpaqueCursor((row.kind.clone(), row.value.clone()));
-                Edge::new(cursor, BlockedValueNode::from(row))
-            }));
-        Ok(connection)
+        Ok(page.connection(rows, |row| {
+            (
+                (row.kind.clone(), row.value.clone()),
+                BlockedValueNode::from(row),
+            )
+        }))
     }
 }
 

@@ -97,19 +97,12 @@ impl IdentityNode {
         let members: Vec<i32> = self.0.contacts.iter().map(|c| c.id).collect();
         let state = ctx.data_unchecked::<AppState>();
         let mut conn = state.pool.get().await.map_err(DbError::from)?;
-        let rows = graph::history(&mut conn, &members, page.after, page.first as i64 + 1)
+        let rows = graph::history(&mut conn, &members, page.after, page.fetch_limit())
             .await
             .map_err(DbError::from)?;
         drop(conn);
-        let has_next_page = rows.len() > page.first;
         audit(ctx, None, 0);
-        let mut connection = Connection::new(page.after.is_some(), has_next_page);
-        connection.edges.extend(
-            rows.into_iter()
-                .take(page.first)
-                .map(|row| Edge::new(OpaqueCursor(row.id), IdentityEvent::new(ctx, row))),
-        );
-        Ok(connection)
+        Ok(page.connection(rows, |row| (row.id, IdentityEvent::new(ctx, row))))
     }
 
     /// The live contacts of the identity, a page at a time (Relay cursor connection):
