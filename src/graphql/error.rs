@@ -244,16 +244,27 @@ const LIMIT_MESSAGES: [&str; 4] = [
     "The recursion depth of the query cannot be greater than",
 ];
 
+/// How async-graphql begins the errors of an argument it could not read during
+/// execution (a null variable where a value is required passes validation when
+/// the argument has a default): the client's input, like validation failures.
+const INPUT_MESSAGES: [&str; 2] = ["Expected input type ", "Failed to parse \""];
+
 /// Gives every error that reached the answer without a code the one it deserves:
 /// errors before execution (no path) are the document's (a limit, or a validation
-/// failure); errors during execution that nobody coded are internal.
+/// failure), as are arguments that could not be read; errors during execution that
+/// nobody coded are internal.
 pub fn code_uncoded(errors: &mut [ServerError]) {
     for error in errors {
         let extensions = error.extensions.get_or_insert_with(Default::default);
         if extensions.get("code").is_some() {
             continue;
         }
-        let code = if !error.path.is_empty() {
+        let code = if INPUT_MESSAGES
+            .iter()
+            .any(|input| error.message.starts_with(input))
+        {
+            ErrorCode::BadUserInput
+        } else if !error.path.is_empty() {
             ErrorCode::Internal
         } else if LIMIT_MESSAGES
             .iter()

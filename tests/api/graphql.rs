@@ -452,3 +452,27 @@ fn schema_graphql_is_the_served_schema() {
         "schema.graphql is out of date: run `cargo run -- print-schema > schema.graphql`"
     );
 }
+
+/// A nullable variable left out, where an argument with a default wants a value:
+/// the client's mistake (found by the subscription tests), not an internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_variable_for_a_required_argument_is_the_clients_error() {
+    let app = spawn_app().await;
+    let answer = app
+        .graphql(
+            "query($status: HeldStatus) { heldRequests(status: $status) { nodes { id } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{answer}"
+    );
+    assert!(
+        answer["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("HeldStatus"),
+        "{answer}"
+    );
+}
