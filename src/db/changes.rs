@@ -48,11 +48,13 @@ pub async fn page(
     limit: i64,
 ) -> diesel::QueryResult<Vec<ChangeRecord>> {
     let (xid, id) = after.cloned().unwrap_or_else(|| ("0".to_owned(), 0));
+    // The order names the table's columns: a bare `xid` would be the text output
+    // column, which sorts transaction 1000 before 999.
     diesel::sql_query(
         "SELECT id, xid::text AS xid, kind, primary_ids, contact_ids, request_id, created_at \
          FROM identity_changes \
          WHERE (xid, id) > ($1::xid8, $2) AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY xid, id LIMIT $3",
+         ORDER BY identity_changes.xid, identity_changes.id LIMIT $3",
     )
     .bind::<Text, _>(xid)
     .bind::<Int8, _>(id)

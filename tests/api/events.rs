@@ -229,3 +229,27 @@ async fn a_cursor_older_than_retention_is_refused_and_reading_needs_read() {
         "{answer}"
     );
 }
+
+/// Transaction ids are ordered as numbers, not as the text the cursors carry: a
+/// reader once served transaction 1000 before 999 and then 999 again (found by the
+/// subscription tests when the cluster's ids crossed 1000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_read_in_the_numeric_order_of_their_transactions() {
+    let app = spawn_app().await;
+    let mut conn = app.connection().await;
+    // Transactions 9 and 10 ended long ago in any cluster: both are readable.
+    conn.batch_execute(
+        "INSERT INTO identity_changes (xid, kind, primary_ids, contact_ids) VALUES \
+         ('10', 'created', '{2}', '{2}'), ('9', 'created', '{1}', '{1}')",
+    )
+    .await
+    .unwrap();
+    let page = changes::page(&mut conn, None, 10).await.unwrap();
+    let order: Vec<&str> = page.iter().map(|change| change.xid.as_str()).collect();
+    assert_eq!(order, ["9", "10"]);
+    let after_nine = changes::page(&mut conn, Some(&page[0].position()), 10)
+        .await
+        .unwrap();
+    assert_eq!(after_nine.len(), 1);
+    assert_eq!(after_nine[0].xid, "10");
+}
