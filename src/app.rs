@@ -96,7 +96,9 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(&state.pool, &state.statements),
+        state
+            .metrics
+            .render(&state.pool, &state.statements, &state.feed.stats()),
     )
         .into_response()
 }
@@ -147,6 +149,17 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping.send(());
     };
+    let feed = tokio::spawn(
+        state.feed.clone().run(
+            state
+                .config
+                .database_url
+                .as_ref()
+                .map(|url| url.expose().to_owned()),
+        ),
+    );
+    // Stops the feed's tasks however serving ends.
+    let _feed = AbortOnDrop(feed);
     let server = crate::server::serve(
         listener,
         router(state.clone()),
@@ -170,6 +183,14 @@ pub async fn serve(
             );
             Ok(())
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

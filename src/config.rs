@@ -291,6 +291,27 @@ pub struct Config {
     )]
     pub event_retention_days: u32,
 
+    /// `identityEvents` subscriptions one server process serves at once.
+    #[arg(
+        long,
+        env = "MAX_SUBSCRIBERS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u16).range(1..),
+        global = true
+    )]
+    pub max_subscribers: u16,
+
+    /// How long a subscriber's socket may refuse more data before the subscriber is
+    /// dropped (it resumes from its last cursor).
+    #[arg(
+        long,
+        env = "SUBSCRIBER_SEND_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(100..=3_600_000),
+        global = true
+    )]
+    pub subscriber_send_timeout_ms: u64,
+
     /// Log output format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,

@@ -27,6 +27,9 @@ pub enum ApiError {
     Unauthenticated(AuthFailure),
     #[error("this credential lacks the `{}` scope", .0.as_str())]
     Forbidden(Scope),
+    /// A WebSocket opened by a web page of another origin (docs/SPEC.md §12).
+    #[error("WebSocket connections from the origin {0} are not allowed; add it to CORS_ORIGINS")]
+    ForeignOrigin(String),
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -65,7 +68,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
@@ -88,6 +91,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "BAD_REQUEST",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::ForeignOrigin(_) => "FORBIDDEN_ORIGIN",
             ApiError::NotFound => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::Unavailable => "SERVICE_UNAVAILABLE",

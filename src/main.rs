@@ -278,6 +278,10 @@ async fn erase(
     };
     match repair::erase(pool, target, actor).await {
         Ok(erased) => {
+            // Subscribers hear of it now rather than at their next fallback poll.
+            if let Err(error) = identity_reconciliation::changefeed::announce(pool).await {
+                tracing::debug!(%error, "could not announce the erasure to running servers");
+            }
             println!(
                 "{}",
                 serde_json::to_string(&erased).map_err(|err| err.to_string())?

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::auth::AuthFailure;
+use crate::changefeed::FeedStats;
 use crate::db::{DbPool, StatementCounter};
 use crate::domain::Outcome;
 
@@ -144,13 +145,14 @@ impl Metrics {
     }
 
     /// The whole registry in Prometheus text format.
-    pub fn render(&self, pool: &DbPool, statements: &StatementCounter) -> String {
+    pub fn render(&self, pool: &DbPool, statements: &StatementCounter, feed: &FeedStats) -> String {
         let mut out = Exposition::default();
         self.render_requests(&mut out);
         self.render_identify(&mut out);
         self.render_connections(&mut out);
         self.render_auth(&mut out);
         render_pool(&mut out, pool, statements);
+        render_feed(&mut out, feed);
         out.0
     }
 
@@ -312,6 +314,53 @@ fn render_pool(out: &mut Exposition, pool: &DbPool, statements: &StatementCounte
     out.sample("db_statements_total", "", statements.total());
 }
 
+fn render_feed(out: &mut Exposition, feed: &FeedStats) {
+    out.family(
+        "identity_events_written_total",
+        "counter",
+        "Change events committed by this process.",
+    );
+    out.sample("identity_events_written_total", "", feed.events_written);
+    out.family(
+        "identity_events_delivered_total",
+        "counter",
+        "Change events handed to this process's subscribers.",
+    );
+    out.sample("identity_events_delivered_total", "", feed.events_delivered);
+    out.family(
+        "identity_event_subscribers",
+        "gauge",
+        "identityEvents subscriptions open on this process.",
+    );
+    out.sample("identity_event_subscribers", "", feed.subscribers);
+    out.family(
+        "identity_event_subscriber_lag_seconds",
+        "gauge",
+        "How long the oldest event read for a subscriber but not yet sent has waited since its commit, for the most delayed subscriber; 0 when all are caught up.",
+    );
+    out.sample(
+        "identity_event_subscriber_lag_seconds",
+        "",
+        feed.max_lag_seconds,
+    );
+    out.family(
+        "identity_event_subscribers_dropped_total",
+        "counter",
+        "Subscriber connections closed because their socket stopped draining.",
+    );
+    out.sample(
+        "identity_event_subscribers_dropped_total",
+        "",
+        feed.dropped_slow,
+    );
+    out.family(
+        "identity_event_listener_up",
+        "gauge",
+        "1 while this process LISTENs for other processes' commits; 0 while it only polls.",
+    );
+    out.sample("identity_event_listener_up", "", u8::from(feed.listening));
+}
+
 /// The text exposition format, written a family at a time. Label values come from
 /// fixed sets or route patterns, never from a client, so none needs escaping.
 #[derive(Default)]
@@ -403,7 +452,11 @@ mod tests {
             StatementCounter::default(),
         )
         .unwrap();
-        let text = metrics.render(&pool, &StatementCounter::default());
+        let text = metrics.render(
+            &pool,
+            &StatementCounter::default(),
+            &crate::changefeed::ChangeFeed::new(1).stats(),
+        );
         assert_valid_exposition(&text);
         assert!(text.contains("method=\"OTHER\""));
         assert!(text.contains("le=\"+Inf\"} 1"));

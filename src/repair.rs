@@ -40,6 +40,13 @@ pub struct Blocked {
     pub split_into: Vec<Identity>,
 }
 
+impl Blocked {
+    /// Change events the block wrote: one SPLIT for all the identities it touched.
+    pub fn events(&self) -> u64 {
+        u64::from(!self.split_into.is_empty())
+    }
+}
+
 /// Runs `$body` (with the transaction's connection as `$conn`) until it neither
 /// races a merge nor conflicts. A macro: an async closure's future cannot be
 /// required to be `Send` in a generic function's bounds.

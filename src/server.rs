@@ -9,6 +9,12 @@
 //!   flight is closed to admit the new one, so real clients keep being answered
 //!   while idle or half-sent sockets pile up.
 //!
+//! A connection upgraded to a WebSocket (`graphql::subscription`) keeps its slot
+//! for as long as the socket lives, is never counted idle, and has its kernel send
+//! buffer capped ([`UPGRADED_SEND_BUFFER`]) so that a subscriber that stops reading
+//! is noticed after a bounded amount of data rather than megabytes. Handlers learn
+//! of shutdown through the [`Stopping`] request extension.
+//!
 //! hyper's own header timer is not used: it starts as soon as a connection is idle,
 //! which would make the idle timeout and the header timeout one setting.
 
@@ -16,7 +22,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -24,6 +30,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::http::StatusCode;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -39,6 +46,21 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 64;
 /// Descriptors kept free of client sockets: the database pool, the log, the listener.
 const RESERVED_DESCRIPTORS: u64 = 64;
+/// Kernel send buffer of an upgraded connection, in bytes (Linux doubles it for
+/// bookkeeping).
+pub const UPGRADED_SEND_BUFFER: usize = 64 * 1024;
+
+/// Resolves once the server stops accepting: long-lived handlers (WebSockets)
+/// close then, so that shutdown does not wait for their clients. A request
+/// extension.
+#[derive(Debug, Clone)]
+pub struct Stopping(watch::Receiver<bool>);
+
+impl Stopping {
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
+}
 
 /// The bounds on connections; see the module documentation.
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +111,8 @@ struct Activity {
     head_started: AtomicU64,
     /// Set to ask the connection to close if it is still idle.
     evict: Notify,
+    /// The connection was upgraded (to a WebSocket) and is no longer HTTP.
+    upgraded: AtomicBool,
 }
 
 enum Verdict {
@@ -104,6 +128,7 @@ impl Activity {
             idle_since: AtomicU64::new(now),
             head_started: AtomicU64::new(0),
             evict: Notify::new(),
+            upgraded: AtomicBool::new(false),
         }
     }
 
@@ -150,6 +175,16 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// The connection became a WebSocket: it stays "in flight" for good, so that
+    /// neither the idle timeout nor eviction (which only HTTP serving observes)
+    /// picks it.
+    fn upgraded(&self) {
+        self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.activity.upgraded.store(true, Ordering::Release);
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.activity
@@ -159,11 +194,48 @@ impl Drop for InFlight {
     }
 }
 
-/// A socket that notes when bytes of a new request head start arriving.
+/// A socket that notes when bytes of a new request head start arriving. It holds
+/// the connection's [`Lease`], so an upgraded connection, whose socket outlives the
+/// HTTP serving, keeps its slot until the socket is dropped.
 struct TrackedStream {
     inner: TcpStream,
     activity: Arc<Activity>,
     clock: Clock,
+    send_buffer_capped: bool,
+    _lease: Lease,
+}
+
+/// A connection's place under the cap; given back when the socket is dropped.
+struct Lease {
+    registry: Arc<Registry>,
+    id: u64,
+    metrics: Arc<Metrics>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.registry.remove(self.id);
+        self.metrics.observe_connection_ended();
+    }
+}
+
+impl TrackedStream {
+    /// Caps the kernel send buffer once the connection is a WebSocket. Done on the
+    /// first write after the upgrade: only the socket's owner can reach it.
+    fn cap_send_buffer_if_upgraded(&mut self) {
+        if self.send_buffer_capped || !self.activity.upgraded.load(Ordering::Acquire) {
+            return;
+        }
+        self.send_buffer_capped = true;
+        if let Err(err) = nix::sys::socket::setsockopt(
+            &self.inner,
+            nix::sys::socket::sockopt::SndBuf,
+            &UPGRADED_SEND_BUFFER,
+        ) {
+            tracing::debug!(error = %err, "could not cap an upgraded socket's send buffer");
+        }
+    }
 }
 
 impl AsyncRead for TrackedStream {
@@ -196,7 +268,9 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.cap_send_buffer_if_upgraded();
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -212,7 +286,9 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.cap_send_buffer_if_upgraded();
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -311,6 +387,13 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new(clock.now()));
         let id = registry.add(activity.clone());
+        metrics.observe_connection_opened();
+        let lease = Lease {
+            registry: registry.clone(),
+            id,
+            metrics: metrics.clone(),
+            _slot: slot,
+        };
         let connection = Connection {
             router: router.clone(),
             activity,
@@ -319,13 +402,8 @@ pub async fn serve(
             metrics: metrics.clone(),
             remote,
         };
-        let registry = registry.clone();
         let stop = stop_receiver.clone();
-        tokio::spawn(async move {
-            connection.run(stream, stop).await;
-            registry.remove(id);
-            drop(slot);
-        });
+        tokio::spawn(connection.run(stream, lease, stop));
     }
 
     drop(listener);
@@ -344,7 +422,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, stream: TcpStream, mut stop: watch::Receiver<bool>) {
+    async fn run(self, stream: TcpStream, lease: Lease, mut stop: watch::Receiver<bool>) {
         let Connection {
             router,
             activity,
@@ -353,20 +431,27 @@ impl Connection {
             metrics,
             remote,
         } = self;
-        metrics.observe_connection_opened();
         let io = TokioIo::new(TrackedStream {
             inner: stream,
             activity: activity.clone(),
             clock,
+            send_buffer_capped: false,
+            _lease: lease,
         });
         let service_activity = activity.clone();
+        let stopping = Stopping(stop.clone());
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_flight = InFlight::start(service_activity.clone(), clock);
             let mut request = request.map(Body::new);
             request.extensions_mut().insert(ConnectInfo(remote));
+            request.extensions_mut().insert(stopping.clone());
             let response = router.clone().oneshot(request);
             async move {
                 let response = response.await;
+                if matches!(&response, Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS)
+                {
+                    in_flight.upgraded();
+                }
                 drop(in_flight);
                 response
             }
@@ -376,7 +461,8 @@ impl Connection {
             .header_read_timeout(None)
             .max_buf_size(MAX_HEAD_BYTES.max(8192))
             .max_headers(MAX_HEADERS)
-            .serve_connection(io, service);
+            .serve_connection(io, service)
+            .with_upgrades();
         tokio::pin!(connection);
 
         // A check every quarter of the shortest timeout closes a connection at most
@@ -422,7 +508,6 @@ impl Connection {
                 }
             }
         }
-        metrics.observe_connection_ended();
     }
 }
 

@@ -6,9 +6,10 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
+use crate::changefeed::ChangeFeed;
 use crate::config::Config;
 use crate::db::{DbPool, StatementCounter};
-use crate::domain::BlockRules;
+use crate::domain::{BlockRules, Outcome};
 use crate::metrics::Metrics;
 use crate::middleware::RateLimiter;
 use crate::service::{Identified, Policy};
@@ -25,6 +26,8 @@ pub struct App {
     /// The guardrails of docs/SPEC.md §10.3 from configuration; the database's
     /// blocks are read inside each identify.
     pub policy: Policy,
+    /// Wakes `identityEvents` subscribers and announces this process's commits.
+    pub feed: Arc<ChangeFeed>,
     pub config: Config,
 }
 
@@ -56,6 +59,7 @@ impl AppState {
                 ),
                 limits: config.identity_limits(),
             },
+            feed: ChangeFeed::new(usize::from(config.max_subscribers)),
             config,
         }))
     }
@@ -67,6 +71,10 @@ impl AppState {
     pub fn record_identified(&self, identified: &Identified) {
         self.metrics
             .observe_identify(identified.outcome, identified.merged_primaries);
+        if identified.outcome != Outcome::Unchanged {
+            // Every change an identify makes, a hold included, is one event.
+            self.feed.committed(1);
+        }
         tracing::Span::current().record("outcome", identified.outcome.as_str());
     }
 }

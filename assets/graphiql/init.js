@@ -19,7 +19,13 @@
     ''
   ].join('\n');
 
-  var fetcher = GraphiQL.createFetcher({ url: '/graphql' });
+  // Subscriptions go over a WebSocket to the same path; the headers tab's
+  // Authorization reaches the server in the connection_init payload.
+  var socketScheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
+  var fetcher = GraphiQL.createFetcher({
+    url: '/graphql',
+    subscriptionUrl: socketScheme + '//' + window.location.host + '/graphql'
+  });
   var root = ReactDOM.createRoot(document.getElementById('graphiql'));
   root.render(
     React.createElement(GraphiQL, {

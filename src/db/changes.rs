@@ -8,8 +8,8 @@
 //! transaction below that bound has ended, so nothing can appear behind a cursor.
 
 use chrono::{DateTime, Utc};
-use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Int4, Int8, Nullable, Text, Timestamptz};
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 /// A position in the outbox: the writing transaction's id (as text) and the row's.
@@ -61,6 +61,51 @@ pub async fn page(
     .bind::<BigInt, _>(limit)
     .load(conn)
     .await
+}
+
+#[derive(Debug, QueryableByName)]
+struct Head {
+    #[diesel(sql_type = Text)]
+    xid: String,
+    #[diesel(sql_type = Int8)]
+    id: i64,
+}
+
+/// The last position readable now (`None` while there is none): a reader that
+/// starts there gets exactly the changes not yet readable, that is every
+/// transaction still running or committed above the horizon.
+pub async fn head(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Option<Position>> {
+    let head: Option<Head> = diesel::sql_query(
+        "SELECT xid::text AS xid, id FROM identity_changes \
+         WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY identity_changes.xid DESC, identity_changes.id DESC LIMIT 1",
+    )
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(head.map(|head| (head.xid, head.id)))
+}
+
+/// Retention pruned changes after the cursor: resuming there would miss them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorExpired;
+
+/// [`page`], or [`CursorExpired`] when retention pruned changes after `after`.
+///
+/// The page is read before the check, in statements of their own: a prune that
+/// committed before the page was read (and so took rows from it) committed before
+/// the check too, which then sees its mark. Checked the other way round, a prune
+/// between the two would go unnoticed and the page would silently skip its rows.
+pub async fn page_after(
+    conn: &mut AsyncPgConnection,
+    after: Option<&Position>,
+    limit: i64,
+) -> diesel::QueryResult<Result<Vec<ChangeRecord>, CursorExpired>> {
+    let rows = page(conn, after, limit).await?;
+    match after {
+        Some(after) if expired(conn, after).await? => Ok(Err(CursorExpired)),
+        _ => Ok(Ok(rows)),
+    }
 }
 
 #[derive(Debug, QueryableByName)]

@@ -9,10 +9,11 @@ pub mod limits;
 mod loaders;
 mod mutation;
 pub mod query;
+mod subscription;
 mod types;
 
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
-use async_graphql::{EmptySubscription, Schema, SchemaBuilder, ServerError};
+use async_graphql::{Schema, SchemaBuilder, ServerError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -34,10 +35,12 @@ use crate::middleware::{RateLimitClient, RequestId, rate_limited};
 use crate::state::AppState;
 use crate::strict_json;
 
-pub type AppSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub use subscription::{MAX_SUBSCRIPTIONS_PER_CONNECTION, SubscriptionRoot};
 
-fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_directives(limits::MAX_DIRECTIVES_PER_FIELD)
@@ -58,11 +61,12 @@ pub fn sdl() -> String {
     builder().finish().sdl()
 }
 
-/// `/graphql` and GraphiQL's assets.
+/// `/graphql` (executing over POST, subscribing over a WebSocket handshake, else
+/// GraphiQL) and GraphiQL's assets.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.graphql_body_limit_bytes;
     Router::new()
-        .route("/graphql", get(graphiql::page).post(execute))
+        .route("/graphql", get(subscription::page_or_socket).post(execute))
         .layer(DefaultBodyLimit::max(body_limit))
         .route("/graphql/assets/{file}", get(graphiql::asset))
         .with_state(schema(state))

@@ -97,6 +97,7 @@ impl MutationRoot {
         let reason = input.reason()?;
         let state = ctx.data_unchecked::<AppState>();
         let blocked = repair::block_value(&state.pool, value, reason, actor(ctx)).await?;
+        state.feed.committed(blocked.events());
         super::query::audit(ctx, Some("blockValue"), 0);
         Ok(BlockResult(blocked))
     }
@@ -157,6 +158,7 @@ impl MutationRoot {
         };
         let state = ctx.data_unchecked::<AppState>();
         let erased = repair::erase(&state.pool, target, actor(ctx)).await?;
+        state.feed.committed(1);
         super::query::audit(ctx, Some("eraseIdentity"), 0);
         Ok(ErasureResult {
             primary_contact_id: erased.primary_contact_id,
@@ -182,6 +184,9 @@ impl MutationRoot {
     ) -> Result<RejectResult> {
         let state = ctx.data_unchecked::<AppState>();
         let (held, blocked) = repair::reject_held(&state.pool, id, block_value, actor(ctx)).await?;
+        state
+            .feed
+            .committed(blocked.as_ref().map_or(0, repair::Blocked::events));
         super::query::audit(ctx, Some("rejectHeld"), 0);
         Ok(RejectResult {
             held: held.into(),

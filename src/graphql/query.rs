@@ -177,27 +177,15 @@ impl QueryRoot {
         #[graphql(desc = "The `endCursor` of the previous page.")] after: Option<String>,
     ) -> Result<Connection<OpaqueCursor<changes::Position>, IdentityChange>> {
         let page = Page::<changes::Position>::parse(first, after)?;
-        if let Some((xid, _)) = &page.after
-            && (xid.is_empty() || xid.len() > 20 || !xid.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err(ErrorCode::BadUserInput
-                .argument_error("after", "after is not a cursor this API issued"));
+        if let Some(after) = &page.after {
+            check_event_cursor(after)?;
         }
         let state = ctx.data_unchecked::<AppState>();
         let mut conn = state.pool.get().await.map_err(DbError::from)?;
-        if let Some(after) = &page.after
-            && changes::expired(&mut conn, after)
-                .await
-                .map_err(DbError::from)?
-        {
-            return Err(ErrorCode::CursorExpired.error(
-                "events after this cursor were pruned by retention (EVENT_RETENTION_DAYS); \
-                 start again without a cursor",
-            ));
-        }
-        let rows = changes::page(&mut conn, page.after.as_ref(), page.fetch_limit())
+        let rows = changes::page_after(&mut conn, page.after.as_ref(), page.fetch_limit())
             .await
-            .map_err(DbError::from)?;
+            .map_err(DbError::from)?
+            .map_err(|changes::CursorExpired| cursor_expired())?;
         drop(conn);
         Ok(page.connection(rows, |row| (row.position(), IdentityChange::from(row))))
     }
@@ -236,6 +224,24 @@ impl QueryRoot {
             )
         }))
     }
+}
+
+/// Refuses a forged event cursor before it reaches the database: its transaction
+/// id must be what `xid8` prints.
+pub(super) fn check_event_cursor((xid, _): &changes::Position) -> Result<()> {
+    if xid.is_empty() || xid.len() > 20 || !xid.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ErrorCode::BadUserInput
+            .argument_error("after", "after is not a cursor this API issued"));
+    }
+    Ok(())
+}
+
+/// The error for a cursor retention has passed, polled or subscribed.
+pub(super) fn cursor_expired() -> async_graphql::Error {
+    ErrorCode::CursorExpired.error(
+        "events after this cursor were pruned by retention (EVENT_RETENTION_DAYS); \
+         start again without a cursor",
+    )
 }
 
 /// What one GraphQL request read, for its single audit line (written by the

@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 pub use auth::authenticate;
 pub use limits::{catch_panic, refuse_oversized_body, timeout};
+pub(crate) use rate_limit::client_address;
 pub use rate_limit::{ClientKey, RateLimitClient, RateLimiter, rate_limit, rate_limited};
 
 use crate::error::ApiError;

@@ -88,7 +88,7 @@ pub fn rate_limited(retry_after: Duration) -> ApiError {
     }
 }
 
-pub(super) fn client_address(request: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {
+pub(crate) fn client_address(request: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {
     if trust_forwarded_for
         && let Some(forwarded) = request
             .headers()

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{TestApp, spawn_app};
 
 /// How long the page may take to show each thing the test waits for.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -76,9 +76,14 @@ impl Drop for Chromedriver {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "drives a real browser: needs chromium and chromium-driver; .ci/run runs it"]
-async fn graphiql_runs_an_identify_mutation_in_a_real_browser() {
+/// A headless Chromium on `app`'s GraphiQL page, and what must outlive it.
+struct Browser {
+    client: fantoccini::Client,
+    _driver: Chromedriver,
+    _profile: tempfile::TempDir,
+}
+
+async fn open_graphiql(app: &TestApp) -> Browser {
     let chromium = binary("CHROME", "/usr/bin/chromium", "chromium");
     let chromedriver = binary("CHROMEDRIVER", "/usr/bin/chromedriver", "chromium-driver");
     let missing: Vec<String> = [&chromium, &chromedriver]
@@ -92,7 +97,6 @@ async fn graphiql_runs_an_identify_mutation_in_a_real_browser() {
     );
     let (chromium, chromedriver) = (chromium.unwrap(), chromedriver.unwrap());
 
-    let app = spawn_app().await;
     let driver = Chromedriver::start(&chromedriver);
     let profile = tempfile::tempdir().unwrap();
     let mut capabilities = serde_json::Map::new();
@@ -107,13 +111,25 @@ async fn graphiql_runs_an_identify_mutation_in_a_real_browser() {
                      format!("--user-data-dir={}", profile.path().display())]
         }),
     );
-    let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(capabilities)
         .connect(&driver.url)
         .await
         .unwrap_or_else(|err| panic!("chromium did not start: {err}"));
+    client.goto(&app.url("/graphql")).await.unwrap();
+    Browser {
+        client,
+        _driver: driver,
+        _profile: profile,
+    }
+}
 
-    browser.goto(&app.url("/graphql")).await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drives a real browser: needs chromium and chromium-driver; .ci/run runs it"]
+async fn graphiql_runs_an_identify_mutation_in_a_real_browser() {
+    let app = spawn_app().await;
+    let opened = open_graphiql(&app).await;
+    let browser = &opened.client;
     let editor = browser
         .wait()
         .at_most(PATIENCE)
@@ -161,7 +177,7 @@ async fn graphiql_runs_an_identify_mutation_in_a_real_browser() {
     let artefact = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("graphiql-identify.png");
     std::fs::write(&artefact, png).unwrap();
     eprintln!("GraphiQL screenshot: {}", artefact.display());
-    let _ = browser.close().await;
+    let _ = browser.clone().close().await;
 
     let compact: String = shown.split_whitespace().collect();
     assert!(
@@ -175,4 +191,108 @@ async fn graphiql_runs_an_identify_mutation_in_a_real_browser() {
         1,
         "the mutation did not reach the database"
     );
+}
+
+/// The issue's "done when", in a browser: GraphiQL subscribes to `identityEvents`
+/// over its WebSocket, two orders arrive through REST, and the pane shows CREATED
+/// then LINKED; erasing the customer shows ERASED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drives a real browser: needs chromium and chromium-driver; .ci/run runs it"]
+async fn graphiql_shows_identity_events_as_they_happen() {
+    let app = spawn_app().await;
+    let opened = open_graphiql(&app).await;
+    let browser = &opened.client;
+    browser
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(".graphiql-query-editor .CodeMirror"))
+        .await
+        .expect("GraphiQL's editor appears");
+    browser
+        .execute(
+            "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror\
+             .setValue('subscription { identityEvents { kind primaryContactIds } }');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css(".graphiql-execute-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let result = browser
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(
+            ".graphiql-response .result-window .CodeMirror",
+        ))
+        .await
+        .expect("the result pane appears");
+    drop(result);
+    // The subscription is live once its socket is: the server counts it.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("identity_event_subscribers 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "GraphiQL never subscribed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut seen = Vec::new();
+    app.identify(Some("marty@hillvalley.edu"), Some("555"))
+        .await;
+    seen.push(wait_for_kind(browser, "CREATED").await);
+    app.identify(Some("mcfly@hillvalley.edu"), Some("555"))
+        .await;
+    seen.push(wait_for_kind(browser, "LINKED").await);
+    app.graphql_data(
+        "mutation { eraseIdentity(input: {email: \"marty@hillvalley.edu\"}) { contactsErased } }",
+        json!({}),
+    )
+    .await;
+    seen.push(wait_for_kind(browser, "ERASED").await);
+    let png = browser.screenshot().await.unwrap();
+    let artefact = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("graphiql-subscription.png");
+    std::fs::write(&artefact, png).unwrap();
+    eprintln!("GraphiQL screenshot: {}", artefact.display());
+    let _ = browser.clone().close().await;
+    assert_eq!(seen, ["CREATED", "LINKED", "ERASED"]);
+}
+
+/// Waits until GraphiQL's result pane shows a change of `kind`; returns the kind.
+async fn wait_for_kind(browser: &fantoccini::Client, kind: &'static str) -> &'static str {
+    let deadline = Instant::now() + PATIENCE;
+    let wanted = format!("\"kind\":\"{kind}\"");
+    loop {
+        let text: String = browser
+            .execute(
+                "return document.querySelector('.graphiql-response .result-window \
+                 .CodeMirror').CodeMirror.getValue();",
+                vec![],
+            )
+            .await
+            .ok()
+            .and_then(|value| value.as_str().map(|text| text.split_whitespace().collect()))
+            .unwrap_or_default();
+        if text.contains(&wanted) {
+            return kind;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GraphiQL never showed {kind}; it shows {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

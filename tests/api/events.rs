@@ -252,4 +252,6 @@ async fn changes_are_read_in_the_numeric_order_of_their_transactions() {
         .unwrap();
     assert_eq!(after_nine.len(), 1);
     assert_eq!(after_nine[0].xid, "10");
+    let head = changes::head(&mut conn).await.unwrap();
+    assert_eq!(head.map(|(xid, _)| xid).as_deref(), Some("10"));
 }

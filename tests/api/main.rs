@@ -14,4 +14,5 @@ mod helpers;
 mod identify;
 mod operations;
 mod scenarios;
+mod subscriptions;
 mod validation;

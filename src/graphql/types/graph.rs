@@ -406,6 +406,9 @@ pub enum ChangeKind {
 #[derive(Debug, Clone, SimpleObject)]
 #[graphql(complex)]
 pub struct IdentityChange {
+    /// Where this change is in the feed: resume after it with `after` (the same
+    /// cursor as the change's edge in `identityEvents`).
+    pub cursor: String,
     pub kind: ChangeKind,
     pub at: DateTime<Utc>,
     /// The primaries involved: the new or kept one first for merges, every
@@ -455,7 +458,9 @@ impl From<crate::db::changes::ChangeRecord> for IdentityChange {
             "held" => ChangeKind::Held,
             _ => ChangeKind::Erased,
         };
+        use async_graphql::connection::{CursorType, OpaqueCursor};
         Self {
+            cursor: OpaqueCursor(record.position()).encode_cursor(),
             kind,
             at: record.created_at,
             primary_contact_ids: record.primary_ids,
