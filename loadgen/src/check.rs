@@ -62,6 +62,16 @@ async fn connect(url: &str) -> Result<Client, CheckError> {
 
 /// Before the load: the database is reachable and holds no values of this run, so
 /// that whatever the check finds afterwards came from this run.
+/// Rows of the change-event outbox, all runs' together.
+pub async fn stored_changes(url: &str) -> Result<u64, CheckError> {
+    let client = connect(url).await?;
+    let row = client
+        .query_one("SELECT count(*) FROM identity_changes", &[])
+        .await
+        .map_err(|err| CheckError::Query(error_chain(&err)))?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
 pub async fn preflight(url: &str, run_id: RunId) -> Result<(), CheckError> {
     let client = connect(url).await?;
     let row = client

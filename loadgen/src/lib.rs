@@ -6,6 +6,7 @@
 //! - `run`: the workers, the stop conditions, progress lines and Ctrl-C;
 //! - `model`: the answer checks and what the model check remembers;
 //! - `check`: the model check against PostgreSQL;
+//! - `subscribers`: `identityEvents` subscribers alongside the load;
 //! - `report`: the summary as text and JSON, and the verdict.
 
 mod check;
@@ -13,6 +14,7 @@ mod client;
 mod model;
 mod report;
 mod run;
+mod subscribers;
 mod workload;
 
 use std::ffi::OsString;
@@ -154,6 +156,17 @@ struct Args {
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     repair_every_ms: Option<u64>,
 
+    /// Subscribe to `identityEvents` over WebSocket this many times (spread over the
+    /// servers) for the whole run; each must receive every change stored, checked
+    /// with --database-url, and the summary reports the delivery lag
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    subscribers: usize,
+
+    /// Subscribe this many times more and never read, to show that writes do not
+    /// wait for a subscriber that stopped reading (the server drops them)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    stalled_subscribers: usize,
+
     /// Seconds between progress lines on stderr; 0 turns them off
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
     progress: Duration,
@@ -279,6 +292,17 @@ async fn run(args: Args) -> Result<Verdict, String> {
         connections,
         args.credential.as_deref(),
     );
+    let subscribers = if args.subscribers + args.stalled_subscribers > 0 {
+        let plan = subscribers::SubscriberPlan {
+            live: args.subscribers,
+            stalled: args.stalled_subscribers,
+            urls: args.urls.clone(),
+            credential: args.credential.clone(),
+        };
+        Some(plan.open().await?)
+    } else {
+        None
+    };
     // Installed only now: until the load starts, Ctrl-C should simply end the program.
     let mut interrupts = run::interrupts();
     let plan = Plan {
@@ -300,12 +324,28 @@ async fn run(args: Args) -> Result<Verdict, String> {
     };
     let mut outcome = run::load(plan, client, Workload::new(args.mix, keys), &mut interrupts).await;
 
+    let subscribers = match subscribers {
+        Some(subscribers) => {
+            let expected = match &args.database_url {
+                Some(url) => Some(
+                    check::stored_changes(url)
+                        .await
+                        .map_err(|err| format!("could not count the stored changes: {err}"))?,
+                ),
+                None => None,
+            };
+            Some(subscribers.finish(expected).await)
+        }
+        None => None,
+    };
     let model_check = match (&args.database_url, outcome.tally.model.take()) {
         (Some(url), Some(log)) => Some(check_model(url, run_id, log, &mut interrupts).await),
         _ => None,
     };
 
-    let (summary, verdict) = Summary::new(facts(&args, run_id, targets, outcome, model_check));
+    let mut facts = facts(&args, run_id, targets, outcome, model_check);
+    facts.subscribers = subscribers;
+    let (summary, verdict) = Summary::new(facts);
     print!("{summary}");
     if let (Some(path), Some(file)) = (&args.json, json_file) {
         write_json(path, file, &summary)?;
@@ -441,6 +481,7 @@ fn facts(
         sent_by_kind: tally.sent_by_kind,
         answer_checks: tally.answer_checks.into_checks(),
         model_check,
+        subscribers: None,
         crashed_workers: outcome.crashed_workers,
     }
 }

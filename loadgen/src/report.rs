@@ -12,6 +12,7 @@ use serde::ser::SerializeStruct;
 use crate::check::ModelCheck;
 use crate::client::Api;
 use crate::run::{ErrorTally, RepairTally, StopReason};
+use crate::subscribers::SubscriberReport;
 use crate::workload::{Kind, Mix, RunId};
 
 /// How many violations each check quotes.
@@ -175,6 +176,9 @@ pub struct Summary {
     pub answer_checks: Vec<Check>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_check: Option<ModelCheckReport>,
+    /// What `--subscribers` and `--stalled-subscribers` saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribers: Option<SubscriberReport>,
     /// Workers that crashed: a bug in the generator; their requests are not counted.
     pub crashed_workers: usize,
     pub passed: bool,
@@ -213,6 +217,7 @@ pub struct Facts {
     pub sent_by_kind: BTreeMap<Kind, u64>,
     pub answer_checks: Vec<Check>,
     pub model_check: Option<ModelCheckReport>,
+    pub subscribers: Option<SubscriberReport>,
     pub crashed_workers: usize,
 }
 
@@ -247,6 +252,7 @@ impl Summary {
             sent_by_kind: facts.sent_by_kind,
             answer_checks: facts.answer_checks,
             model_check: facts.model_check,
+            subscribers: facts.subscribers,
             crashed_workers: facts.crashed_workers,
             passed: failures.is_empty(),
             failures,
@@ -302,6 +308,12 @@ fn judge(facts: &Facts, error_rate: f64) -> (Verdict, Vec<String>) {
             failures.push("the model check failed".to_owned());
         }
         _ => {}
+    }
+    if let Some(subscribers) = &facts.subscribers
+        && !subscribers.check.passed()
+    {
+        verdict.checks_failed = true;
+        failures.push("a subscriber missed changes".to_owned());
     }
     if facts.crashed_workers > 0 {
         verdict.generator_failed = true;
@@ -440,6 +452,36 @@ impl Summary {
                 writeln!(f, "model check could not run: {error}")?;
             }
             None => {}
+        }
+        if let Some(subscribers) = &self.subscribers {
+            writeln!(f)?;
+            let expected = subscribers
+                .expected
+                .map_or("unchecked (no --database-url)".to_owned(), |n| {
+                    n.to_string()
+                });
+            writeln!(
+                f,
+                "subscribers {} live: received {}..{} changes of {expected}; {} stalled, {} closed by the server",
+                subscribers.live,
+                subscribers.received_min,
+                subscribers.received_max,
+                subscribers.stalled,
+                subscribers.stalled_closed
+            )?;
+            if let Some(lag) = &subscribers.lag_ms {
+                writeln!(
+                    f,
+                    "  delivery lag p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+                    lag.p50, lag.p99, lag.max
+                )?;
+            }
+            for end in &subscribers.ended_early {
+                writeln!(f, "  ended early: {end}")?;
+            }
+            if subscribers.expected.is_some() {
+                write!(f, "{}", subscribers.check)?;
+            }
         }
         Ok(())
     }
