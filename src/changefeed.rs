@@ -46,6 +46,14 @@ const MIN_POLL_GAP: Duration = Duration::from_millis(20);
 const MIN_ANNOUNCE_GAP: Duration = Duration::from_millis(10);
 /// How often the listening connection is checked for life when quiet.
 const LISTENER_CHECK: Duration = Duration::from_secs(30);
+/// Longest wait for the listening connection to connect or answer.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(diesel::QueryableByName)]
+struct BackendPid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
 
 /// One process's side of the change feed; shared through the application state.
 #[derive(Debug)]
@@ -58,6 +66,11 @@ pub struct ChangeFeed {
     /// Subscribers this process may serve at once.
     slots: Arc<Semaphore>,
     max_subscribers: usize,
+    /// Subscription sockets open at once (as many as subscribers).
+    sockets: Arc<Semaphore>,
+    /// Subscribers reading the outbox at once: a share of the pool, so that
+    /// subscribers never take the connections requests need.
+    reads: Semaphore,
     subscribers: Mutex<HashMap<u64, Arc<Progress>>>,
     next_subscriber: AtomicU64,
     listening: AtomicBool,
@@ -102,6 +115,10 @@ impl Drop for Subscription {
     }
 }
 
+/// An open subscription socket's place under the cap.
+#[derive(Debug)]
+pub struct SocketPlace(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
 /// Every subscriber slot is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full {
@@ -116,13 +133,17 @@ pub enum FollowError {
 }
 
 impl ChangeFeed {
-    pub fn new(max_subscribers: usize) -> Arc<Self> {
+    /// `max_subscribers` subscriptions (and sockets); `pool_size` connections in the
+    /// pool, a quarter of which subscribers may use at once.
+    pub fn new(max_subscribers: usize, pool_size: usize) -> Arc<Self> {
         Arc::new(Self {
             wake: watch::channel(0).0,
             unannounced: AtomicBool::new(false),
             announce: Notify::new(),
             slots: Arc::new(Semaphore::new(max_subscribers)),
             max_subscribers,
+            sockets: Arc::new(Semaphore::new(max_subscribers)),
+            reads: Semaphore::new((pool_size / 4).max(1)),
             subscribers: Mutex::new(HashMap::new()),
             next_subscriber: AtomicU64::new(0),
             listening: AtomicBool::new(false),
@@ -165,6 +186,17 @@ impl ChangeFeed {
         })
     }
 
+    /// A place for one more subscription socket, if one is free.
+    pub fn open_socket(&self) -> Result<SocketPlace, Full> {
+        self.sockets
+            .clone()
+            .try_acquire_owned()
+            .map(SocketPlace)
+            .map_err(|_| Full {
+                max_subscribers: self.max_subscribers,
+            })
+    }
+
     /// A subscriber was dropped for not reading its socket.
     pub fn observe_dropped_slow(&self) {
         self.dropped_slow.fetch_add(1, Ordering::Relaxed);
@@ -200,34 +232,29 @@ impl ChangeFeed {
     /// the fallback, until dropped. While the listening connection is down, commits
     /// are not announced: other processes find them at their next fallback tick.
     pub async fn run(self: Arc<Self>, database_url: Option<String>) {
-        let listen = {
-            let feed = self.clone();
-            async move {
-                match database_url {
-                    Some(url) => feed.listen(&url).await,
-                    None => feed.tick_forever().await,
-                }
+        // The tick runs on its own, whatever the listener is waiting for.
+        let tick = async {
+            let mut ticks = tokio::time::interval(FALLBACK_POLL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                self.wake_subscribers();
             }
         };
-        listen.await;
+        let listen = async {
+            match &database_url {
+                Some(url) => self.listen(url).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::join!(tick, listen);
     }
 
-    async fn tick_forever(&self) {
-        let mut ticks = tokio::time::interval(FALLBACK_POLL);
-        loop {
-            ticks.tick().await;
-            self.wake_subscribers();
-        }
-    }
-
-    /// One `LISTEN`ing connection, reopened when it fails; the fallback keeps
-    /// ticking meanwhile.
+    /// One `LISTEN`ing connection, reopened a second after it fails.
     async fn listen(&self, url: &str) {
-        let mut ticks = tokio::time::interval(FALLBACK_POLL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failures: u32 = 0;
         loop {
-            match self.listen_once(url, &mut ticks).await {
+            match self.listen_once(url).await {
                 Ok(()) => failures = 0,
                 Err(error) => {
                     // Logged once per outage, then again only every minute or so.
@@ -238,30 +265,30 @@ impl ChangeFeed {
                 }
             }
             self.listening.store(false, Ordering::Relaxed);
-            let retry = tokio::time::sleep(Duration::from_secs(1));
-            tokio::pin!(retry);
-            loop {
-                tokio::select! {
-                    () = &mut retry => break,
-                    _ = ticks.tick() => self.wake_subscribers(),
-                }
-            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
     /// Listens until the connection fails (an error) or stops answering, and
     /// announces this process's commits on the same connection.
-    async fn listen_once(
-        &self,
-        url: &str,
-        ticks: &mut tokio::time::Interval,
-    ) -> Result<(), String> {
-        let mut conn = AsyncPgConnection::establish(url)
+    async fn listen_once(&self, url: &str) -> Result<(), String> {
+        use diesel_async::RunQueryDsl;
+        let setup = async {
+            let mut conn = AsyncPgConnection::establish(url)
+                .await
+                .map_err(|err| err.to_string())?;
+            conn.batch_execute(&format!("LISTEN {CHANNEL}"))
+                .await
+                .map_err(|err| err.to_string())?;
+            let own: BackendPid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+                .get_result(&mut conn)
+                .await
+                .map_err(|err| err.to_string())?;
+            Ok::<_, String>((conn, own.pid))
+        };
+        let (mut conn, own_pid) = tokio::time::timeout(STATEMENT_TIMEOUT, setup)
             .await
-            .map_err(|err| err.to_string())?;
-        conn.batch_execute(&format!("LISTEN {CHANNEL}"))
-            .await
-            .map_err(|err| err.to_string())?;
+            .map_err(|_| "no answer from the database within 10 s".to_owned())??;
         self.listening.store(true, Ordering::Relaxed);
         // Whatever was committed while nobody listened.
         self.wake_subscribers();
@@ -275,11 +302,13 @@ impl ChangeFeed {
                 loop {
                     tokio::select! {
                         notification = notifications.next() => match notification {
+                            // This process's own announcements woke its subscribers
+                            // already.
+                            Some(Ok(notification)) if notification.process_id == own_pid => {}
                             Some(Ok(_)) => self.wake_subscribers(),
                             Some(Err(err)) => return Err(err.to_string()),
                             None => return Err("the listening connection closed".to_owned()),
                         },
-                        _ = ticks.tick() => self.wake_subscribers(),
                         () = self.announce.notified() => break true,
                         () = &mut check => break false,
                     }
@@ -299,9 +328,7 @@ impl ChangeFeed {
                 // A peer that vanished without a reset leaves the stream silent.
                 "SELECT 1".to_owned()
             };
-            match tokio::time::timeout(Duration::from_secs(10), conn.batch_execute(&statement))
-                .await
-            {
+            match tokio::time::timeout(STATEMENT_TIMEOUT, conn.batch_execute(&statement)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => return Err(err.to_string()),
                 Err(_) => return Err("the listening connection stopped answering".to_owned()),
@@ -400,6 +427,12 @@ impl Follower {
         if let Some(last) = self.last_read {
             tokio::time::sleep_until(last + MIN_POLL_GAP).await;
         }
+        let _reading = self
+            .feed
+            .reads
+            .acquire()
+            .await
+            .expect("the read semaphore is never closed");
         self.last_read = Some(tokio::time::Instant::now());
         let mut conn = self.pool.get().await?;
         Ok(changes::page_after(&mut conn, self.position.as_ref(), PAGE).await?)

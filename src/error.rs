@@ -30,6 +30,11 @@ pub enum ApiError {
     /// A WebSocket opened by a web page of another origin (docs/SPEC.md §12).
     #[error("WebSocket connections from the origin {0} are not allowed; add it to CORS_ORIGINS")]
     ForeignOrigin(String),
+    /// Every subscription socket place is taken (`MAX_SUBSCRIBERS`).
+    #[error(
+        "this server already holds {max} subscription sockets (MAX_SUBSCRIBERS); try again later"
+    )]
+    SocketsFull { max: usize },
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -71,7 +76,9 @@ impl ApiError {
             ApiError::Forbidden(_) | ApiError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Timeout | ApiError::SocketsFull { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Service(err) if err.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Service(ServiceError::Blocked(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Service(ServiceError::Refused(_)) => StatusCode::BAD_REQUEST,
@@ -94,7 +101,7 @@ impl ApiError {
             ApiError::ForeignOrigin(_) => "FORBIDDEN_ORIGIN",
             ApiError::NotFound => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            ApiError::Unavailable => "SERVICE_UNAVAILABLE",
+            ApiError::Unavailable | ApiError::SocketsFull { .. } => "SERVICE_UNAVAILABLE",
             ApiError::Service(err) if err.is_unavailable() => "SERVICE_UNAVAILABLE",
             ApiError::Service(ServiceError::Blocked(_)) => "BLOCKED_VALUE",
             ApiError::Service(ServiceError::Refused(_)) => "BAD_REQUEST",
@@ -161,6 +168,7 @@ impl ApiError {
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
             ApiError::Unavailable | ApiError::Timeout => Some(1),
+            ApiError::SocketsFull { .. } => Some(5),
             ApiError::Service(err) if err.is_unavailable() => Some(1),
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             _ => None,

@@ -455,7 +455,7 @@ mod tests {
         let text = metrics.render(
             &pool,
             &StatementCounter::default(),
-            &crate::changefeed::ChangeFeed::new(1).stats(),
+            &crate::changefeed::ChangeFeed::new(1, 1).stats(),
         );
         assert_valid_exposition(&text);
         assert!(text.contains("method=\"OTHER\""));

@@ -59,7 +59,7 @@ impl AppState {
                 ),
                 limits: config.identity_limits(),
             },
-            feed: ChangeFeed::new(usize::from(config.max_subscribers)),
+            feed: ChangeFeed::new(usize::from(config.max_subscribers), config.pool_size),
             config,
         }))
     }

@@ -229,7 +229,8 @@ impl QueryRoot {
 /// Refuses a forged event cursor before it reaches the database: its transaction
 /// id must be what `xid8` prints.
 pub(super) fn check_event_cursor((xid, _): &changes::Position) -> Result<()> {
-    if xid.is_empty() || xid.len() > 20 || !xid.bytes().all(|b| b.is_ascii_digit()) {
+    // Digits only (`u64::from_str` takes a leading `+`), within xid8's range.
+    if !xid.bytes().all(|b| b.is_ascii_digit()) || xid.parse::<u64>().is_err() {
         return Err(ErrorCode::BadUserInput
             .argument_error("after", "after is not a cursor this API issued"));
     }

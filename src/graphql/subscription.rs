@@ -31,7 +31,7 @@ use super::error::{self, ErrorCode, RequireScope};
 use super::query::{ReadAudit, check_event_cursor, cursor_expired};
 use super::types::IdentityChange;
 use super::{AppSchema, ContactLoader, MembersLoader, graphiql, limits, loader};
-use crate::auth::{Authentication, Scope};
+use crate::auth::{AuthFailure, Authentication, Scope};
 use crate::changefeed::FollowError;
 use crate::config::Config;
 use crate::db::DbError;
@@ -160,32 +160,48 @@ async fn open_socket(schema: AppSchema, request: Request) -> Response {
     if let Some(origin) = foreign_origin(request.headers(), &state.config) {
         return ApiError::ForeignOrigin(origin).into_response();
     }
-    let Some(protocol) = offered_protocol(request.headers()) else {
+    let client = crate::middleware::client_address(&request, state.config.trust_forwarded_for);
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let stopping = request.extensions().get::<Stopping>().cloned();
+    let (mut parts, _body) = request.into_parts();
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS),
+        Err(rejection) => return rejection.into_response(),
+    };
+    // The protocol spoken is the one the handshake answers with: axum picks it.
+    let Some(protocol) = upgrade
+        .selected_protocol()
+        .and_then(|selected| selected.to_str().ok())
+        .and_then(|selected| WebSocketProtocols::from_str(selected).ok())
+    else {
         return ApiError::BadRequest(
             "offer the graphql-transport-ws subprotocol (Sec-WebSocket-Protocol)".to_owned(),
         )
         .into_response();
     };
+    // Sockets are capped apart from HTTP connections, so that they can never take
+    // every connection slot (they are never idle in the connection loop's eyes).
+    let Ok(place) = state.feed.open_socket() else {
+        return ApiError::SocketsFull {
+            max: usize::from(state.config.max_subscribers),
+        }
+        .into_response();
+    };
     let session = Session {
-        client: crate::middleware::client_address(&request, state.config.trust_forwarded_for),
-        authorization: request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned),
-        stopping: request.extensions().get::<Stopping>().cloned(),
+        client,
+        authorization,
+        stopping,
         protocol,
         schema,
         state: state.clone(),
-    };
-    let (mut parts, _body) = request.into_parts();
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
+        _place: place,
     };
     let max_message = state.config.graphql_body_limit_bytes;
     upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| session.run(socket))
@@ -216,15 +232,6 @@ fn foreign_origin(headers: &HeaderMap, config: &Config) -> Option<String> {
     (!allowed && !same_origin).then(|| origin.to_owned())
 }
 
-fn offered_protocol(headers: &HeaderMap) -> Option<WebSocketProtocols> {
-    headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)?
-        .to_str()
-        .ok()?
-        .split(',')
-        .find_map(|offered| WebSocketProtocols::from_str(offered.trim()).ok())
-}
-
 /// The credential in a `connection_init` payload: an `Authorization` entry, as
 /// GraphiQL sends its headers, in any case.
 fn payload_authorization(payload: &serde_json::Value) -> Option<String> {
@@ -246,6 +253,34 @@ struct Session {
     authorization: Option<String>,
     client: Option<IpAddr>,
     stopping: Option<Stopping>,
+    _place: crate::changefeed::SocketPlace,
+}
+
+/// Why the server closes a socket: a close code and a reason for the client.
+type Close = (u16, String);
+
+/// Close reasons are at most 123 bytes (RFC 6455); async-graphql passes parser
+/// messages through, which can be longer.
+fn close_frame((code, reason): Close) -> Message {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason[..end].into(),
+    }))
+}
+
+/// What `connection_init` settled, for the session loop.
+#[derive(Default)]
+struct InitOutcome {
+    /// `connection_init` arrived.
+    received: AtomicBool,
+    /// Its credential was refused: the socket closes with 4403.
+    refused: AtomicBool,
+    /// The credential it presented, checked again every `AUTH_CACHE_SECS`.
+    presented: std::sync::Mutex<Option<String>>,
 }
 
 impl Session {
@@ -257,6 +292,7 @@ impl Session {
             authorization,
             client,
             stopping,
+            _place,
         } = self;
         let (mut sink, source) = socket.split();
         let opened = Instant::now();
@@ -273,36 +309,53 @@ impl Session {
                     _ => None,
                 })
             });
-        let initialised = Arc::new(AtomicBool::new(false));
+        let init = Arc::new(InitOutcome::default());
         let on_init = {
-            let initialised = initialised.clone();
+            let init = init.clone();
             let state = state.clone();
             move |payload: serde_json::Value| async move {
-                initialised.store(true, Ordering::Relaxed);
+                init.received.store(true, Ordering::Relaxed);
                 let presented = payload_authorization(&payload).or(authorization);
                 let authentication = state.auth.authenticate(presented.as_deref(), client).await;
                 if let Authentication::Failed(failure) = &authentication {
                     state.metrics.observe_auth_failure(*failure);
+                    init.refused.store(true, Ordering::Relaxed);
+                    return Err(async_graphql::Error::new(failure.message()));
                 }
+                *init
+                    .presented
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = presented;
                 let mut data = Data::default();
                 data.insert(authentication);
                 Ok(data)
             }
         };
+        let over_limit = Arc::new(tokio::sync::Notify::new());
+        let open = Arc::new(AtomicUsize::new(0));
         let executor = SocketExecutor {
             schema,
-            open: Arc::new(AtomicUsize::new(0)),
+            open: open.clone(),
+            over_limit: over_limit.clone(),
         };
         let mut messages = async_graphql::http::WebSocket::new(executor, input, protocol)
             .on_connection_init(on_init);
         let send_timeout = Duration::from_millis(state.config.subscriber_send_timeout_ms);
         let mut pings =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
-        // A socket that never says who it is, like a request head that never ends.
+        // A socket that never says who it is, like a request head that never ends;
+        // one that holds no subscription, like an idle keep-alive connection.
         let init_deadline = tokio::time::sleep(Duration::from_secs(
             state.config.http_header_timeout_secs.max(1),
         ));
         tokio::pin!(init_deadline);
+        let idle_limit = Duration::from_secs(state.config.http_idle_timeout_secs.max(1));
+        let mut idle_since = Some(tokio::time::Instant::now());
+        let mut idle_checks = tokio::time::interval(Duration::from_secs(1));
+        let mut credential_checks = tokio::time::interval_at(
+            tokio::time::Instant::now() + state.config.auth_cache().max(Duration::from_secs(1)),
+            state.config.auth_cache().max(Duration::from_secs(1)),
+        );
         let stop = async move {
             match stopping {
                 Some(mut stopping) => stopping.wait().await,
@@ -311,11 +364,15 @@ impl Session {
         };
         tokio::pin!(stop);
 
-        let close: Option<(u16, &str)> = loop {
+        let close: Option<Close> = loop {
             tokio::select! {
                 message = messages.next() => match message {
                     Some(WsMessage::Text(text)) => {
-                        match tokio::time::timeout(send_timeout, sink.send(Message::Text(text.into()))).await {
+                        let sent = tokio::select! {
+                            sent = tokio::time::timeout(send_timeout, sink.send(Message::Text(text.into()))) => sent,
+                            () = &mut stop => break Some(going_away()),
+                        };
+                        match sent {
                             Ok(Ok(())) => {}
                             Ok(Err(_)) => break None,
                             Err(_) => {
@@ -325,20 +382,21 @@ impl Session {
                                     "subscriber dropped: its socket took no data for {} ms",
                                     send_timeout.as_millis()
                                 );
-                                break Some((1013, "too slow to receive; reconnect and resume after your last cursor"));
+                                break Some((1013, "too slow to receive; reconnect and resume after your last cursor".to_owned()));
                             }
                         }
                     }
-                    Some(WsMessage::Close(code, reason)) => {
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(1),
-                            sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))),
-                        )
-                        .await;
-                        break None;
+                    Some(WsMessage::Close(_, reason)) if init.refused.load(Ordering::Relaxed) => {
+                        break Some((4403, format!("Forbidden: {reason}")));
                     }
-                    None => break Some((1000, "")),
+                    Some(WsMessage::Close(code, reason)) => break Some((code, reason)),
+                    None => break Some((1000, String::new())),
                 },
+                () = over_limit.notified() => {
+                    break Some((4429, format!(
+                        "more than {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions on one connection"
+                    )));
+                }
                 _ = pings.tick() => {
                     let silent = opened.elapsed().as_millis() as u64
                         - last_heard.load(Ordering::Relaxed);
@@ -350,21 +408,61 @@ impl Session {
                         break None;
                     }
                 }
-                () = &mut init_deadline, if !initialised.load(Ordering::Relaxed) => {
-                    break Some((4408, "Connection initialisation timeout"));
+                _ = idle_checks.tick() => {
+                    if open.load(Ordering::Acquire) > 0 {
+                        idle_since = None;
+                    } else {
+                        let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() > idle_limit {
+                            break Some((1000, format!(
+                                "no subscription for {} s (HTTP_IDLE_TIMEOUT_SECS)",
+                                idle_limit.as_secs()
+                            )));
+                        }
+                    }
                 }
-                () = &mut stop => {
-                    break Some((1001, "the server is shutting down; reconnect and resume after your last cursor"));
+                _ = credential_checks.tick() => {
+                    if let Some(refusal) = recheck(&state, &init, client).await {
+                        break Some(refusal);
+                    }
                 }
+                () = &mut init_deadline, if !init.received.load(Ordering::Relaxed) => {
+                    break Some((4408, "Connection initialisation timeout".to_owned()));
+                }
+                () = &mut stop => break Some(going_away()),
             }
         };
-        if let Some((code, reason)) = close {
-            let frame = CloseFrame {
-                code,
-                reason: reason.into(),
-            };
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+        if let Some(close) = close {
+            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_frame(close))).await;
         }
+    }
+}
+
+fn going_away() -> Close {
+    (
+        1001,
+        "the server is shutting down; reconnect and resume after your last cursor".to_owned(),
+    )
+}
+
+/// Checks the connection's credential again, so that a revoked key or an expired
+/// token stops a subscription as it stops requests; `Some` is the close to send.
+async fn recheck(state: &AppState, init: &InitOutcome, client: Option<IpAddr>) -> Option<Close> {
+    if !init.received.load(Ordering::Relaxed) {
+        return None;
+    }
+    let presented = init
+        .presented
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    match state.auth.authenticate(presented.as_deref(), client).await {
+        Authentication::Failed(AuthFailure::Unavailable | AuthFailure::Throttled) => None,
+        Authentication::Failed(failure) => {
+            state.metrics.observe_auth_failure(failure);
+            Some((4403, format!("Forbidden: {}", failure.message())))
+        }
+        Authentication::Principal(_) => None,
     }
 }
 
@@ -375,6 +473,10 @@ struct SocketExecutor {
     schema: AppSchema,
     /// Subscriptions open on this connection.
     open: Arc<AtomicUsize>,
+    /// Told when the client subscribes past the limit: the socket then closes
+    /// (4429) rather than answer each excess subscription, which would let a
+    /// client pile them up faster than their refusals drain.
+    over_limit: Arc<tokio::sync::Notify>,
 }
 
 /// Holds one of a connection's subscription places while its stream lives.
@@ -410,6 +512,7 @@ impl SocketExecutor {
         }
         if self.open.fetch_add(1, Ordering::AcqRel) >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
             self.open.fetch_sub(1, Ordering::AcqRel);
+            self.over_limit.notify_one();
             return Err(vec![limits::limit_error(format!(
                 "a connection holds at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions; \
                  complete one or open another connection"

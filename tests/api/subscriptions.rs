@@ -83,7 +83,14 @@ impl Subscriber {
         Self::init(socket, None).await
     }
 
-    async fn init(mut socket: Socket, authorization: Option<&str>) -> Subscriber {
+    async fn init(socket: Socket, authorization: Option<&str>) -> Subscriber {
+        Self::try_init(socket, authorization)
+            .await
+            .expect("connection_init is acknowledged")
+    }
+
+    /// Sends `connection_init`; `Err` is how the server refused it.
+    async fn try_init(mut socket: Socket, authorization: Option<&str>) -> Result<Subscriber, End> {
         let payload = match authorization {
             Some(authorization) => json!({"Authorization": authorization}),
             None => json!({}),
@@ -95,12 +102,31 @@ impl Subscriber {
             .await
             .unwrap();
         let mut subscriber = Subscriber { socket };
-        let ack = subscriber
-            .receive()
-            .await
-            .expect("an answer to connection_init");
+        let ack = subscriber.receive().await?;
         assert_eq!(ack["type"], "connection_ack", "{ack}");
-        subscriber
+        Ok(subscriber)
+    }
+
+    /// Like [`Subscriber::connect`], returning how the server refused the socket.
+    async fn try_connect(
+        address: SocketAddr,
+        authorization: Option<&str>,
+    ) -> Result<Subscriber, End> {
+        let (socket, _) = tokio_tungstenite::connect_async(handshake(address))
+            .await
+            .expect("the WebSocket handshake succeeds");
+        Self::try_init(socket, authorization).await
+    }
+
+    /// How the server ends the socket, ignoring any change still on the way.
+    async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match self.receive().await {
+                Ok(_) => continue,
+                Err(End::Closed(code, reason)) => return (code, reason),
+                Err(other) => panic!("expected a close, got {other:?}"),
+            }
+        }
     }
 
     async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
@@ -427,7 +453,21 @@ async fn under_64_connection_load_a_subscriber_receives_every_change() {
     subscriber
         .subscribe("1", EVENTS, json!({"fromStart": true}))
         .await;
+    // Read while the load runs: a subscriber that stops reading is dropped.
+    let (changes, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Ok(change) = subscriber.next_change().await {
+            if changes.send(change).is_err() {
+                break;
+            }
+        }
+    });
+    // loadgen's own subscribers too: two that must each receive every change
+    // stored, and two that never read while the load runs.
     let url = app.url("");
+    let database_url = app.database.as_ref().unwrap().url.clone();
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let report_path = report.path().display().to_string();
     let status = tokio::task::spawn_blocking(move || {
         loadgen::main_with_args([
             "loadgen",
@@ -437,16 +477,37 @@ async fn under_64_connection_load_a_subscriber_receives_every_change() {
             "64",
             "--requests",
             "4000",
+            "--subscribers",
+            "2",
+            "--stalled-subscribers",
+            "2",
+            "--database-url",
+            &database_url,
             "--progress",
             "0",
+            "--json",
+            &report_path,
         ])
     })
     .await
     .unwrap();
-    assert_eq!(status, 0, "loadgen failed");
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(report.path()).unwrap()).unwrap();
+    assert_eq!(status, 0, "loadgen failed: {summary:#}");
+    let subscribers = &summary["subscribers"];
+    assert_eq!(subscribers["check"]["passed"], true, "{subscribers:#}");
+    assert_eq!(subscribers["received_min"], subscribers["expected"]);
+    assert_eq!(summary["error_rate"], 0.0);
     let stored = stored_changes(&app).await;
     assert!(stored > 1000, "the load wrote only {stored} changes");
-    let received = subscriber.changes(stored).await;
+    let mut received = Vec::with_capacity(stored);
+    while received.len() < stored {
+        match tokio::time::timeout(PATIENCE, arrived.recv()).await {
+            Ok(Some(change)) => received.push(change),
+            _ => panic!("the subscription stopped after {} changes", received.len()),
+        }
+    }
+    reader.abort();
     let mine = cursors(&received);
     assert_no_repeats(&mine);
     assert_same_changes(&mine, &every_cursor(|path| app.url(path)).await);
@@ -550,9 +611,20 @@ async fn subscribing_needs_the_read_scope_and_values_need_it_too() {
         .unwrap();
     drop(conn);
 
-    let mut anonymous = Subscriber::connect(app.address, None).await;
-    anonymous.subscribe("1", EVENTS, json!({})).await;
-    assert_eq!(anonymous.refusal().await, ["UNAUTHENTICATED"]);
+    // No credential: the socket is closed at once (it held a slot until idle before).
+    match Subscriber::try_connect(app.address, None).await {
+        Err(End::Closed(code, reason)) => {
+            assert_eq!(code, 4403, "{reason}");
+            assert!(reason.contains("Forbidden"), "{reason}");
+        }
+        Err(other) => panic!("expected close 4403, got {other:?}"),
+        Ok(_) => panic!("a socket without a credential was acknowledged"),
+    }
+    let forged = "Bearer irk_0123456789abcdef_0000000000000000000000000000000000000000000000000000000000000000";
+    assert!(matches!(
+        Subscriber::try_connect(app.address, Some(forged)).await,
+        Err(End::Closed(4403, _))
+    ));
 
     let mut checkout =
         Subscriber::connect(app.address, Some(&format!("Bearer {identify_key}"))).await;
@@ -673,4 +745,115 @@ async fn a_socket_that_never_initialises_is_closed() {
         Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 4408),
         other => panic!("expected close 4408, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_stops_its_subscription() {
+    let app = spawn_app_with(&["--auth-mode", "required", "--auth-cache-secs", "1"]).await;
+    let mut conn = app.connection().await;
+    let (id, key) = auth::create_key(&mut conn, "crm", &[Scope::Read])
+        .await
+        .unwrap();
+    let mut crm = Subscriber::connect(app.address, Some(&format!("Bearer {key}"))).await;
+    crm.subscribe("1", EVENTS, json!({})).await;
+    identity_reconciliation::db::api_keys::revoke(&mut conn, &id)
+        .await
+        .unwrap();
+    let (code, reason) = crm.closed().await;
+    assert_eq!(code, 4403, "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_are_capped_apart_from_connections_and_closed_when_idle_or_abused() {
+    let app = spawn_app_with(&["--max-subscribers", "2", "--http-idle-timeout-secs", "1"]).await;
+    // A socket holding no subscription goes, like an idle keep-alive connection.
+    let mut idle = Subscriber::connect(app.address, None).await;
+    let (code, reason) = idle.closed().await;
+    assert_eq!(code, 1000, "{reason}");
+    assert!(reason.contains("no subscription"), "{reason}");
+
+    // Two sockets at most; the third handshake is refused, HTTP is not.
+    let mut first = Subscriber::connect(app.address, None).await;
+    first.subscribe("1", EVENTS, json!({})).await;
+    let mut second = Subscriber::connect(app.address, None).await;
+    second.subscribe("1", EVENTS, json!({})).await;
+    match tokio_tungstenite::connect_async(handshake(app.address)).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("a third socket opened: {:?}", other.map(|(_, r)| r)),
+    }
+    app.identify(Some("a@x.io"), None).await;
+    assert_eq!(kinds(&first.changes(1).await), ["CREATED"]);
+    drop(second);
+
+    // Subscribing past the per-connection limit closes the socket (4429) rather
+    // than queueing refusals.
+    let app = spawn_app().await;
+    let mut greedy = Subscriber::connect(app.address, None).await;
+    for id in 0..=identity_reconciliation::graphql::MAX_SUBSCRIPTIONS_PER_CONNECTION {
+        greedy.subscribe(&id.to_string(), EVENTS, json!({})).await;
+    }
+    let (code, reason) = greedy.closed().await;
+    assert_eq!(code, 4429, "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protocol_spoken_is_the_one_the_handshake_names() {
+    let app = spawn_app().await;
+    // Offered in this order, the server picks graphql-transport-ws and must speak
+    // it (it spoke the legacy protocol while naming the new one).
+    let mut request = handshake(app.address);
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-ws, graphql-transport-ws".parse().unwrap(),
+    );
+    let (socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "graphql-transport-ws"
+    );
+    let mut subscriber = Subscriber::init(socket, None).await;
+    subscriber.subscribe("1", EVENTS, json!({})).await;
+    app.identify(Some("a@x.io"), None).await;
+    assert_eq!(kinds(&subscriber.changes(1).await), ["CREATED"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_reason_fits_a_control_frame() {
+    let app = spawn_app().await;
+    let mut subscriber = Subscriber::connect(app.address, None).await;
+    // An unknown message type: async-graphql closes with serde's message, which
+    // names the type and every expected one.
+    let long_type = "x".repeat(300);
+    subscriber
+        .socket
+        .send(Message::text(json!({"type": long_type}).to_string()))
+        .await
+        .unwrap();
+    // An oversized frame reached the client as an abnormal end (1006), reasonless.
+    let (code, reason) = subscriber.closed().await;
+    assert_eq!(code, 1002, "{reason}");
+    assert!(reason.contains("unknown variant"), "{reason}");
+    assert!(reason.len() <= 123, "{} bytes", reason.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_cursor_past_the_transaction_id_range_is_refused() {
+    use async_graphql::connection::{CursorType, OpaqueCursor};
+    let app = spawn_app().await;
+    let cursor = OpaqueCursor(("99999999999999999999".to_owned(), 1_i64)).encode_cursor();
+    let answer = app
+        .graphql(
+            "query($after: String) { identityEvents(after: $after) { nodes { kind } } }",
+            json!({"after": cursor}),
+        )
+        .await;
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{answer}"
+    );
+    let mut subscriber = Subscriber::connect(app.address, None).await;
+    subscriber
+        .subscribe("1", EVENTS, json!({"after": cursor}))
+        .await;
+    assert_eq!(subscriber.refusal().await, ["BAD_USER_INPUT"]);
 }
