@@ -175,9 +175,10 @@ impl ChangeFeed {
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| Full {
             max_subscribers: self.max_subscribers,
         })?;
+        // Counted as a subscriber once it follows: the metric then says its start
+        // is settled.
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let progress = Arc::new(Progress::default());
-        self.lock_subscribers().insert(id, progress.clone());
         Ok(Subscription {
             feed: self.clone(),
             id,
@@ -345,6 +346,8 @@ impl ChangeFeed {
         after: Option<Position>,
         subscription: Subscription,
     ) -> impl Stream<Item = Result<(Position, ChangeRecord), FollowError>> + Send + 'static {
+        self.lock_subscribers()
+            .insert(subscription.id, subscription.progress.clone());
         let follower = Follower {
             feed: self.clone(),
             pool,

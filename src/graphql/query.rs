@@ -262,6 +262,23 @@ impl ReadAudit {
             .operations
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Self::write(principal, &operations, contacts);
+    }
+
+    /// Logs the reads so far and starts counting again, keeping the operations: a
+    /// subscription that lasts days logs as it goes, not only when it ends.
+    pub fn flush(&self, principal: &str) {
+        let contacts = self.contacts.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if contacts > 0 {
+            let operations = self
+                .operations
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            Self::write(principal, &operations, contacts);
+        }
+    }
+
+    fn write(principal: &str, operations: &BTreeSet<&'static str>, contacts: usize) {
         if contacts > 0 || !operations.is_empty() {
             let operations: Vec<&str> = operations.iter().copied().collect();
             auth::audit_read(principal, &operations.join(","), contacts);

@@ -100,7 +100,8 @@ impl SubscriptionRoot {
                 changes::head(&mut conn).await.map_err(DbError::from)?
             }
         };
-        let audit = ReadAuditOnDrop {
+        let mut audit = SubscriptionAudit {
+            last_flush: Instant::now(),
             audit: ctx.data_opt::<Arc<ReadAudit>>().cloned(),
             principal: ctx
                 .data_opt::<Authentication>()
@@ -112,7 +113,7 @@ impl SubscriptionRoot {
             .feed
             .follow(state.pool.clone(), start, subscription)
             .map(move |item| {
-                let _ = &audit;
+                audit.tick();
                 match item {
                     Ok((_, record)) => Ok(IdentityChange::from(record)),
                     Err(FollowError::Expired) => Err(cursor_expired()),
@@ -123,14 +124,30 @@ impl SubscriptionRoot {
     }
 }
 
-/// Writes a subscription's audit line (what its events' `identity` fields read)
-/// when it ends.
-struct ReadAuditOnDrop {
+/// Writes a subscription's audit lines (what its events' `identity` fields read):
+/// at most every [`AUDIT_EVERY`] while it runs, and when it ends.
+struct SubscriptionAudit {
     audit: Option<Arc<ReadAudit>>,
     principal: String,
+    last_flush: Instant,
 }
 
-impl Drop for ReadAuditOnDrop {
+/// How often a long subscription's reads reach the audit log.
+const AUDIT_EVERY: Duration = Duration::from_secs(60);
+
+impl SubscriptionAudit {
+    /// Called before each change: flushes what the previous ones read when due.
+    fn tick(&mut self) {
+        if self.last_flush.elapsed() >= AUDIT_EVERY {
+            self.last_flush = Instant::now();
+            if let Some(audit) = &self.audit {
+                audit.flush(&self.principal);
+            }
+        }
+    }
+}
+
+impl Drop for SubscriptionAudit {
     fn drop(&mut self) {
         if let Some(audit) = &self.audit {
             audit.log(&self.principal);

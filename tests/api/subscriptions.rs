@@ -142,8 +142,10 @@ impl Subscriber {
 
     /// The next protocol message, answering pings; `Err` once the socket closes.
     async fn receive(&mut self) -> Result<Value, End> {
+        // One deadline for the message, whatever keep-alive frames come meanwhile.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let message = tokio::time::timeout(PATIENCE, self.socket.next())
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
                 .expect("the server says something in time");
             match message {
@@ -340,9 +342,9 @@ async fn a_subscriber_on_one_server_receives_writes_through_another_in_order() {
     let b = ServerProcess::start(&database.url).await;
     let mut subscriber =
         Subscriber::connect(format!("127.0.0.1:{}", a.port).parse().unwrap(), None).await;
-    subscriber.subscribe("1", EVENTS, json!({})).await;
-    // The subscription is in place once the server has read where "now" is; a
-    // change it answers proves that.
+    subscriber
+        .subscribe("1", EVENTS, json!({"fromStart": true}))
+        .await;
     let client = reqwest::Client::new();
     identify(&client, b.url("/identify"), "a@x.io", "1001").await;
     identify(&client, b.url("/identify"), "b@x.io", "1001").await;
@@ -426,7 +428,9 @@ async fn shutting_down_closes_subscriptions_with_going_away() {
     let server = ServerProcess::start(&database.url).await;
     let mut subscriber =
         Subscriber::connect(format!("127.0.0.1:{}", server.port).parse().unwrap(), None).await;
-    subscriber.subscribe("1", EVENTS, json!({})).await;
+    subscriber
+        .subscribe("1", EVENTS, json!({"fromStart": true}))
+        .await;
     // Subscribed once a change arrives: the socket is fully served when SIGTERM lands.
     identify(
         &reqwest::Client::new(),
@@ -670,7 +674,9 @@ async fn the_socket_serves_subscriptions_only_within_the_limits() {
         .await;
     assert_eq!(subscriber.refusal().await, ["BAD_USER_INPUT"]);
     // One subscriber slot: the second subscription is refused, the first keeps going.
-    subscriber.subscribe("1", EVENTS, json!({})).await;
+    subscriber
+        .subscribe("1", EVENTS, json!({"fromStart": true}))
+        .await;
     app.identify(Some("a@x.io"), None).await;
     assert_eq!(kinds(&subscriber.changes(1).await), ["CREATED"]);
     subscriber.subscribe("2", EVENTS, json!({})).await;
@@ -774,9 +780,13 @@ async fn sockets_are_capped_apart_from_connections_and_closed_when_idle_or_abuse
 
     // Two sockets at most; the third handshake is refused, HTTP is not.
     let mut first = Subscriber::connect(app.address, None).await;
-    first.subscribe("1", EVENTS, json!({})).await;
+    first
+        .subscribe("1", EVENTS, json!({"fromStart": true}))
+        .await;
     let mut second = Subscriber::connect(app.address, None).await;
-    second.subscribe("1", EVENTS, json!({})).await;
+    second
+        .subscribe("1", EVENTS, json!({"fromStart": true}))
+        .await;
     match tokio_tungstenite::connect_async(handshake(app.address)).await {
         Err(WsError::Http(response)) => assert_eq!(response.status(), 503),
         other => panic!("a third socket opened: {:?}", other.map(|(_, r)| r)),
@@ -812,7 +822,9 @@ async fn the_protocol_spoken_is_the_one_the_handshake_names() {
         "graphql-transport-ws"
     );
     let mut subscriber = Subscriber::init(socket, None).await;
-    subscriber.subscribe("1", EVENTS, json!({})).await;
+    subscriber
+        .subscribe("1", EVENTS, json!({"fromStart": true}))
+        .await;
     app.identify(Some("a@x.io"), None).await;
     assert_eq!(kinds(&subscriber.changes(1).await), ["CREATED"]);
 }
@@ -856,4 +868,26 @@ async fn an_event_cursor_past_the_transaction_id_range_is_refused() {
         .subscribe("1", EVENTS, json!({"after": cursor}))
         .await;
     assert_eq!(subscriber.refusal().await, ["BAD_USER_INPUT"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_cursor_a_subscription_starts_now() {
+    let app = spawn_app().await;
+    app.identify(Some("before@x.io"), None).await;
+    let mut subscriber = Subscriber::connect(app.address, None).await;
+    subscriber.subscribe("1", EVENTS, json!({})).await;
+    // The server counts a subscriber once it knows where "now" is.
+    let deadline = Instant::now() + PATIENCE;
+    while !app
+        .metrics_text()
+        .await
+        .contains("identity_event_subscribers 1")
+    {
+        assert!(Instant::now() < deadline, "the subscription never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = app.identify(Some("after@x.io"), None).await;
+    let change = subscriber.changes(1).await.remove(0);
+    assert_eq!(change["kind"], "CREATED");
+    assert_eq!(change["contactIds"], json!([after["primaryContactId"]]));
 }
