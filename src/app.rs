@@ -25,6 +25,11 @@ pub fn router(state: AppState) -> Router {
     let cors = cors(&state.config);
     Router::new()
         .route("/identify", post(rest::identify::identify))
+        .route(
+            rest::batch::PATH,
+            post(rest::batch::identify_batch)
+                .layer(DefaultBodyLimit::max(state.config.batch_body_limit_bytes)),
+        )
         .route("/healthz", get(rest::health::healthz))
         .route("/readyz", get(rest::health::readyz))
         .route("/metrics", get(metrics))

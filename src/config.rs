@@ -114,6 +114,21 @@ pub struct Config {
     #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 16 * 1024, global = true)]
     pub body_limit_bytes: usize,
 
+    /// Most orders one `POST /identify/batch` may carry.
+    #[arg(
+        long,
+        env = "BATCH_MAX_ORDERS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..=100_000),
+        global = true
+    )]
+    pub batch_max_orders: u32,
+
+    /// Largest `POST /identify/batch` body accepted, in bytes (413 beyond): about
+    /// 500 bytes an order at the default batch size.
+    #[arg(long, env = "BATCH_BODY_LIMIT_BYTES", default_value_t = 512 * 1024, global = true)]
+    pub batch_body_limit_bytes: usize,
+
     /// Largest `/graphql` request body accepted, in bytes (413 beyond). GraphiQL's
     /// schema query is about 2 KB; real operations rarely reach 10 KB.
     #[arg(long, env = "GRAPHQL_BODY_LIMIT_BYTES", default_value_t = 64 * 1024, global = true)]

@@ -176,10 +176,19 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The error as one entry of a larger answer (a batch's per-order result).
+    pub fn detail(self) -> ErrorDetail {
         self.log_cause();
-        let field = match &self {
+        ErrorDetail {
+            code: self.code().to_owned(),
+            message: self.to_string(),
+            field: self.field(),
+        }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
             ApiError::InvalidInput(InputError { field, .. }) => Some(field.as_str().to_owned()),
             ApiError::Service(ServiceError::Blocked(dropped)) => Some(
                 match (dropped.email, dropped.phone) {
@@ -191,12 +200,18 @@ impl IntoResponse for ApiError {
                 .to_owned(),
             ),
             _ => None,
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log_cause();
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code().to_owned(),
                 message: self.to_string(),
-                field,
+                field: self.field(),
             },
         };
         let mut response = (self.status(), Json(body)).into_response();

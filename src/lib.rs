@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod batch;
 pub mod changefeed;
 pub mod config;
 pub mod db;

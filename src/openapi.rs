@@ -14,10 +14,18 @@ use crate::rest::identify::{IdentifyRequestBody, IdentifyResponse, IdentityBody,
         description = "Links contact records that share an email or a phone number into one \
                        customer identity. GraphQL is served at /graphql."
     ),
-    paths(rest::identify::identify, rest::health::healthz, rest::health::readyz),
+    paths(
+        rest::identify::identify,
+        rest::batch::identify_batch,
+        rest::health::healthz,
+        rest::health::readyz
+    ),
     components(schemas(
         IdentifyRequestBody,
         IdentifyResponse,
+        rest::batch::IdentifyBatchRequestBody,
+        rest::batch::IdentifyBatchResponse,
+        rest::batch::OrderResult,
         OutcomeBody,
         IdentityBody,
         ErrorBody,

@@ -2,6 +2,7 @@
 //! migrations, the generated schema, and plain query functions over a connection.
 
 pub mod api_keys;
+pub mod batch;
 pub mod changes;
 pub mod contacts;
 pub mod embedded;

@@ -104,6 +104,7 @@ async fn execute(
         Ok(checked) => checked,
         Err(errors) => return refused(errors),
     };
+    let client_for_batch = client.clone();
     if let Some(response) = charge_rate_limit(&state, client, checked.summary.identify_count) {
         return response;
     }
@@ -123,6 +124,9 @@ async fn execute(
         && authentication.require(Scope::Read).is_err();
     if masked {
         request = request.data(error::MaskValues);
+    }
+    if let Some(Extension(client)) = &client_for_batch {
+        request = request.data(client.clone());
     }
     let principal = authentication.name().to_owned();
     let reads = std::sync::Arc::new(query::ReadAudit::default());
@@ -275,6 +279,38 @@ fn refused(mut errors: Vec<ServerError>) -> Response {
         StatusCode::OK,
         serde_json::to_vec(&serde_json::json!({ "errors": errors })).unwrap_or_default(),
     )
+}
+
+/// An `identifyBatch` of `orders` costs one rate-limit token per order; the request
+/// paid one. Refused (rate limited) when the client has not that many.
+fn charge_batch(ctx: &async_graphql::Context<'_>, orders: usize) -> async_graphql::Result<()> {
+    let state = ctx.data_unchecked::<AppState>();
+    let (Some(limiter), Some(RateLimitClient(client))) =
+        (&state.rate_limiter, ctx.data_opt::<RateLimitClient>())
+    else {
+        return Ok(());
+    };
+    if orders <= 1 {
+        return Ok(());
+    }
+    let extra = u32::try_from(orders - 1).unwrap_or(u32::MAX);
+    if f64::from(extra) + 1.0 > limiter.burst() {
+        return Err(ErrorCode::BadUserInput.argument_error(
+            "inputs",
+            format!(
+                "the batch holds {orders} orders, more than the rate limit's burst of {} \
+                 allows at once; send smaller batches",
+                limiter.burst()
+            ),
+        ));
+    }
+    limiter.check(client, extra).map_err(|retry_after| {
+        state.metrics.observe_rate_limited();
+        ErrorCode::RateLimited.error(format!(
+            "too many orders; retry after {} s",
+            retry_after.as_secs().max(1)
+        ))
+    })
 }
 
 /// Each `identify` in the document costs one rate-limit token; the request itself

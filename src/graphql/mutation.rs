@@ -24,6 +24,24 @@ pub struct IdentifyInput {
     pub phone_number: Option<String>,
 }
 
+/// One order's result in `identifyBatch`: the identity a single `identify` would
+/// have answered with, or why the order changed nothing.
+#[derive(SimpleObject)]
+pub struct BatchOrderResult {
+    pub identity: Option<IdentityNode>,
+    pub error: Option<OrderError>,
+}
+
+/// Why one order of a batch changed nothing.
+#[derive(SimpleObject)]
+pub struct OrderError {
+    /// `BAD_USER_INPUT` or `BLOCKED_VALUE`.
+    pub code: String,
+    pub message: String,
+    /// The input field at fault (`email`, `phoneNumber`), when there is one.
+    pub field: Option<String>,
+}
+
 /// Whom `eraseIdentity` forgets: exactly one of the three.
 #[derive(Debug, InputObject)]
 pub struct EraseInput {
@@ -83,6 +101,85 @@ impl MutationRoot {
             identified.identity.into(),
             Some(identified.outcome),
         ))
+    }
+
+    /// Many orders at once (docs/SPEC.md §13): the result of sending each to
+    /// `identify` in turn, committed together; an order that fails validation or
+    /// whose values are all blocked gets its own error and the others apply. At most
+    /// `BATCH_MAX_ORDERS`; the selection is paid for per order.
+    #[graphql(
+        guard = "RequireIdentify",
+        complexity = "inputs.len().saturating_mul(child_complexity + 1) + 1"
+    )]
+    async fn identify_batch(
+        &self,
+        ctx: &Context<'_>,
+        inputs: Vec<IdentifyInput>,
+    ) -> Result<Vec<BatchOrderResult>> {
+        let state = ctx.data_unchecked::<AppState>();
+        let max = state.config.batch_max_orders as usize;
+        if inputs.len() > max {
+            return Err(ErrorCode::BadUserInput.argument_error(
+                "inputs",
+                format!(
+                    "a batch holds at most {max} orders (BATCH_MAX_ORDERS), got {}",
+                    inputs.len()
+                ),
+            ));
+        }
+        super::charge_batch(ctx, inputs.len())?;
+        let orders: Vec<Result<IdentifyRequest, crate::domain::InputError>> = inputs
+            .iter()
+            .map(|input| {
+                IdentifyRequest::parse(input.email.as_deref(), input.phone_number.as_deref())
+            })
+            .collect();
+        let valid: Vec<IdentifyRequest> = orders.iter().filter_map(|o| o.clone().ok()).collect();
+        let request_id = ctx.data_opt::<RequestId>().map(|id| id.0.clone());
+        let mut applied = if valid.is_empty() {
+            Vec::new()
+        } else {
+            crate::batch::identify_batch(&state.pool, valid, state.policy.clone(), request_id)
+                .await?
+        }
+        .into_iter();
+        let mut contacts_read = 0;
+        let mut results = Vec::with_capacity(orders.len());
+        for order in orders {
+            let detail = match order {
+                Err(error) => crate::error::ApiError::InvalidInput(error).detail(),
+                Ok(_) => match applied.next() {
+                    Some(Ok(identified)) => {
+                        state.record_identified(&identified);
+                        contacts_read += identified.identity.contacts.len();
+                        results.push(BatchOrderResult {
+                            identity: Some(IdentityNode(
+                                identified.identity.into(),
+                                Some(identified.outcome),
+                            )),
+                            error: None,
+                        });
+                        continue;
+                    }
+                    Some(Err(err)) => crate::error::ApiError::Service(err).detail(),
+                    None => crate::error::ApiError::Internal.detail(),
+                },
+            };
+            let code = match detail.code.as_str() {
+                "INVALID_INPUT" => ErrorCode::BadUserInput.as_str().to_owned(),
+                other => other.to_owned(),
+            };
+            results.push(BatchOrderResult {
+                identity: None,
+                error: Some(OrderError {
+                    code,
+                    message: detail.message,
+                    field: detail.field,
+                }),
+            });
+        }
+        super::query::audit(ctx, Some("identifyBatch"), contacts_read);
+        Ok(results)
     }
 
     /// Blocks an email or a phone number: it never links anything again; it is

@@ -48,10 +48,10 @@ pub async fn refuse_oversized_body(
     request: Request,
     next: Next,
 ) -> Response {
-    let limit = if request.uri().path() == GRAPHQL_PATH {
-        state.config.graphql_body_limit_bytes
-    } else {
-        state.config.body_limit_bytes
+    let limit = match request.uri().path() {
+        GRAPHQL_PATH => state.config.graphql_body_limit_bytes,
+        crate::rest::batch::PATH => state.config.batch_body_limit_bytes,
+        _ => state.config.body_limit_bytes,
     };
     let declared = request
         .headers()

@@ -106,7 +106,7 @@ pub struct IdentityBody {
 
 impl IdentityBody {
     /// Masks every email and phone; the ids stay exact.
-    fn mask(&mut self) {
+    pub fn mask(&mut self) {
         for email in &mut self.emails {
             *email = auth::mask::email(email);
         }
@@ -117,7 +117,7 @@ impl IdentityBody {
 }
 
 impl IdentifyResponse {
-    fn new(identity: Identity, outcome: Outcome) -> Self {
+    pub fn new(identity: Identity, outcome: Outcome) -> Self {
         Self {
             outcome: outcome.into(),
             contact: IdentityBody {
@@ -207,7 +207,7 @@ pub async fn identify(
 }
 
 /// `application/json`, or any `application/*+json`, with or without parameters.
-fn is_json(headers: &HeaderMap) -> bool {
+pub fn is_json(headers: &HeaderMap) -> bool {
     crate::middleware::media_type(headers).is_some_and(|essence| {
         essence == "application/json"
             || (essence.starts_with("application/") && essence.ends_with("+json"))
@@ -243,6 +243,14 @@ pub fn parse_body(body: &[u8]) -> Result<IdentifyRequest, InputError> {
             ),
         ));
     };
+    parse_fields(&fields)
+}
+
+/// An order's fields: `email` and `phoneNumber`, each possibly absent or null;
+/// other fields are ignored.
+pub fn parse_fields(
+    fields: &serde_json::Map<String, Value>,
+) -> Result<IdentifyRequest, InputError> {
     let email = match fields.get("email") {
         None | Some(Value::Null) => None,
         Some(Value::String(raw)) => Email::parse(raw)?,
@@ -278,7 +286,7 @@ pub fn parse_body(body: &[u8]) -> Result<IdentifyRequest, InputError> {
     IdentifyRequest::new(email, phone)
 }
 
-fn json_kind(value: &Value) -> &'static str {
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod access;
+mod batch;
 mod browser;
 mod concurrency;
 mod erasure;

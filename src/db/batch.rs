@@ -1,0 +1,336 @@
+//! The statements of a batch identify (docs/SPEC.md §13): the single call's locked
+//! reads over every value of the batch at once, and its writes set-wise, so that a
+//! batch of a thousand orders costs a few statements.
+
+use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
+use diesel::sql_types::{Array, BigInt, Int4, Int8, Nullable, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::contacts::ContactRecord;
+use crate::domain::ContactValue;
+
+/// Prices random reads as what they are on a cached or SSD-backed database: at the
+/// default (4, for spinning disks) PostgreSQL reads the whole contacts table to
+/// match a thousand values rather than probe the indexes a thousand times, several
+/// times slower. For the batch's transaction only.
+pub async fn plan_for_index_probes(mut conn: &AsyncPgConnection) -> diesel::QueryResult<()> {
+    diesel::sql_query("SET LOCAL random_page_cost = 1.1")
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// Takes the value locks of every value, in the global key order single calls use
+/// (they lock the lesser of their two keys first): batches and single calls never
+/// wait on each other in a cycle.
+pub async fn lock_values(
+    mut conn: &AsyncPgConnection,
+    emails: &[&str],
+    phones: &[&str],
+) -> diesel::QueryResult<()> {
+    // OFFSET 0 keeps the subquery, and so its order, from being flattened away.
+    diesel::sql_query(
+        "SELECT count(pg_advisory_xact_lock(key)) FROM ( \
+             SELECT DISTINCT key FROM ( \
+                 SELECT hashtextextended('email:' || e, 0) AS key FROM unnest($1::text[]) AS e \
+                 UNION ALL \
+                 SELECT hashtextextended('phone:' || p, 0) FROM unnest($2::text[]) AS p) AS keys \
+             ORDER BY key OFFSET 0) AS ordered",
+    )
+    .bind::<Array<Text>, _>(emails)
+    .bind::<Array<Text>, _>(phones)
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
+/// Locks the primaries of every identity holding one of the values, in id order,
+/// and returns them as they are once locked.
+pub async fn lock_matched_primaries(
+    mut conn: &AsyncPgConnection,
+    emails: &[&str],
+    phones: &[&str],
+) -> diesel::QueryResult<Vec<ContactRecord>> {
+    diesel::sql_query(
+        "SELECT id, phone_number, email, linked_id, created_at, updated_at FROM contacts \
+         WHERE deleted_at IS NULL AND id IN ( \
+             SELECT coalesce(linked_id, id) FROM contacts \
+             WHERE deleted_at IS NULL AND (email = ANY($1) OR phone_number = ANY($2))) \
+         ORDER BY id FOR UPDATE",
+    )
+    .bind::<Array<Text>, _>(emails)
+    .bind::<Array<Text>, _>(phones)
+    .load(&mut conn)
+    .await
+}
+
+/// Every live member of every identity holding one of the values. Two joins, not
+/// one on `id = p OR linked_id = p`, which no index serves; `linked_id IS NOT
+/// NULL` is the partial index's predicate, which a join clause does not prove.
+pub async fn load_members_matching(
+    mut conn: &AsyncPgConnection,
+    emails: &[&str],
+    phones: &[&str],
+) -> diesel::QueryResult<Vec<ContactRecord>> {
+    diesel::sql_query(
+        "WITH primaries AS ( \
+             SELECT DISTINCT coalesce(linked_id, id) AS id FROM contacts \
+             WHERE deleted_at IS NULL AND (email = ANY($1) OR phone_number = ANY($2))) \
+         SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
+         FROM contacts c JOIN primaries p ON c.id = p.id WHERE c.deleted_at IS NULL \
+         UNION ALL \
+         SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
+         FROM contacts c JOIN primaries p ON c.linked_id = p.id \
+         WHERE c.deleted_at IS NULL AND c.linked_id IS NOT NULL \
+         ORDER BY created_at, id",
+    )
+    .bind::<Array<Text>, _>(emails)
+    .bind::<Array<Text>, _>(phones)
+    .load(&mut conn)
+    .await
+}
+
+#[derive(Debug, QueryableByName)]
+struct BlockedRow {
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Text)]
+    value: String,
+}
+
+/// Which of the values administrators blocked (after the locks: every block
+/// committed before them is seen).
+pub async fn blocked_among(
+    mut conn: &AsyncPgConnection,
+    emails: &[&str],
+    phones: &[&str],
+) -> diesel::QueryResult<Vec<ContactValue>> {
+    let rows: Vec<BlockedRow> = diesel::sql_query(
+        "SELECT kind, value FROM blocked_values \
+         WHERE (kind = 'email' AND value = ANY($1)) OR (kind = 'phone' AND value = ANY($2))",
+    )
+    .bind::<Array<Text>, _>(emails)
+    .bind::<Array<Text>, _>(phones)
+    .load(&mut conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| ContactValue::from_stored(&row.kind, row.value))
+        .collect())
+}
+
+/// An id and a creation time for a row the batch may insert.
+#[derive(Debug, Clone, Copy, QueryableByName)]
+pub struct Fresh {
+    #[diesel(sql_type = Int4)]
+    pub id: i32,
+    #[diesel(sql_type = Timestamptz)]
+    pub at: DateTime<Utc>,
+}
+
+/// `count` ids from the contacts' sequence with rising creation times, taken under
+/// the locks: later than every row the batch can see. Ids left unused are gaps, as
+/// a rolled-back single call leaves.
+pub async fn fresh_rows(
+    mut conn: &AsyncPgConnection,
+    count: i64,
+) -> diesel::QueryResult<Vec<Fresh>> {
+    diesel::sql_query(
+        "SELECT nextval(pg_get_serial_sequence('contacts', 'id'))::int4 AS id, \
+                clock_timestamp() AS at \
+         FROM generate_series(1, $1) ORDER BY 1",
+    )
+    .bind::<BigInt, _>(count)
+    .load(&mut conn)
+    .await
+}
+
+/// The rows a batch inserts, as they end.
+#[derive(Debug, Default)]
+pub struct NewRows {
+    pub ids: Vec<i32>,
+    pub emails: Vec<Option<String>>,
+    pub phones: Vec<Option<String>>,
+    pub linked_ids: Vec<Option<i32>>,
+    pub created_at: Vec<DateTime<Utc>>,
+}
+
+pub async fn insert_contacts(
+    mut conn: &AsyncPgConnection,
+    rows: &NewRows,
+) -> diesel::QueryResult<()> {
+    if rows.ids.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query(
+        "INSERT INTO contacts \
+             (id, email, phone_number, linked_id, link_precedence, created_at, updated_at) \
+         SELECT id, email, phone, linked_id, \
+                CASE WHEN linked_id IS NULL THEN 'primary' ELSE 'secondary' END::link_precedence, \
+                at, at \
+         FROM unnest($1::int4[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[]) \
+             AS r(id, email, phone, linked_id, at)",
+    )
+    .bind::<Array<Int4>, _>(&rows.ids)
+    .bind::<Array<Nullable<Text>>, _>(&rows.emails)
+    .bind::<Array<Nullable<Text>>, _>(&rows.phones)
+    .bind::<Array<Nullable<Int4>>, _>(&rows.linked_ids)
+    .bind::<Array<Timestamptz>, _>(&rows.created_at)
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves each demoted primary, and every row linked to it (soft-deleted ones
+/// too, so that no link is two levels deep), under its final primary.
+pub async fn relink(
+    mut conn: &AsyncPgConnection,
+    demoted: &[(i32, i32)],
+) -> diesel::QueryResult<()> {
+    if demoted.is_empty() {
+        return Ok(());
+    }
+    let (from, to): (Vec<i32>, Vec<i32>) = demoted.iter().copied().unzip();
+    diesel::sql_query(
+        "UPDATE contacts c \
+         SET linked_id = m.to_id, link_precedence = 'secondary', updated_at = clock_timestamp() \
+         FROM unnest($1::int4[], $2::int4[]) AS m(from_id, to_id) \
+         WHERE c.id = m.from_id OR c.linked_id = m.from_id",
+    )
+    .bind::<Array<Int4>, _>(&from)
+    .bind::<Array<Int4>, _>(&to)
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, QueryableByName)]
+struct HeldId {
+    #[diesel(sql_type = Int8)]
+    id: i64,
+}
+
+/// Keeps one held order as `graph::record_held` does (a repeat of pending values
+/// counts up), without its ledger and outbox rows, which the batch writes with
+/// the others in order.
+pub async fn upsert_held(
+    mut conn: &AsyncPgConnection,
+    held: &HeldRow<'_>,
+) -> diesel::QueryResult<i64> {
+    let row: HeldId = diesel::sql_query(
+        "INSERT INTO held_requests (email, phone_number, primary_ids, limit_kind, \
+             suspect_kind, suspect_value, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (email, phone_number) WHERE status = 'pending' DO UPDATE \
+         SET times_seen = held_requests.times_seen + 1, last_seen_at = clock_timestamp(), \
+             primary_ids = EXCLUDED.primary_ids, request_id = EXCLUDED.request_id \
+         RETURNING id",
+    )
+    .bind::<Nullable<Text>, _>(held.email)
+    .bind::<Nullable<Text>, _>(held.phone)
+    .bind::<Array<Int4>, _>(held.primary_ids)
+    .bind::<Text, _>(held.limit_kind)
+    .bind::<Text, _>(held.suspect_kind)
+    .bind::<Text, _>(held.suspect_value)
+    .bind::<Nullable<Text>, _>(held.request_id)
+    .get_result(&mut conn)
+    .await?;
+    Ok(row.id)
+}
+
+/// One held order, as `held_requests` keeps it.
+#[derive(Debug)]
+pub struct HeldRow<'a> {
+    pub email: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    pub primary_ids: &'a [i32],
+    pub limit_kind: &'a str,
+    pub suspect_kind: &'a str,
+    pub suspect_value: &'a str,
+    pub request_id: Option<&'a str>,
+}
+
+/// The batch's ledger rows, in the order single calls would have written them.
+#[derive(Debug, Default)]
+pub struct LedgerRows {
+    pub kinds: Vec<&'static str>,
+    pub contact_ids: Vec<Option<i32>>,
+    pub primary_ids: Vec<i32>,
+    pub emails: Vec<Option<String>>,
+    pub phones: Vec<Option<String>>,
+    pub held_ids: Vec<Option<i64>>,
+    pub created_at: Vec<Option<DateTime<Utc>>>,
+}
+
+/// The batch's change events, in order.
+#[derive(Debug, Default)]
+pub struct ChangeRows {
+    pub kinds: Vec<&'static str>,
+    /// Each change's primaries and contacts, flattened with their change's position.
+    pub primary_ids: Vec<i32>,
+    pub primary_of: Vec<i64>,
+    pub contact_ids: Vec<i32>,
+    pub contact_of: Vec<i64>,
+}
+
+/// Writes the ledger rows and the change events, each in one statement, in order;
+/// every row carries the batch's request id.
+pub async fn record(
+    mut conn: &AsyncPgConnection,
+    ledger: &LedgerRows,
+    changes: &ChangeRows,
+    request_id: Option<&str>,
+) -> diesel::QueryResult<()> {
+    if !ledger.kinds.is_empty() {
+        let kinds: Vec<&str> = ledger.kinds.clone();
+        diesel::sql_query(
+            "INSERT INTO identity_events \
+                 (kind, contact_id, primary_id, email, phone_number, held_id, request_id, \
+                  created_at) \
+             SELECT kind::identity_event_kind, contact_id, primary_id, email, phone, held_id, $7, \
+                    coalesce(at, clock_timestamp()) \
+             FROM unnest($1::text[], $2::int4[], $3::int4[], $4::text[], $5::text[], \
+                         $6::int8[], $8::timestamptz[]) \
+                 WITH ORDINALITY AS r(kind, contact_id, primary_id, email, phone, held_id, at, n) \
+             ORDER BY n",
+        )
+        .bind::<Array<Text>, _>(&kinds)
+        .bind::<Array<Nullable<Int4>>, _>(&ledger.contact_ids)
+        .bind::<Array<Int4>, _>(&ledger.primary_ids)
+        .bind::<Array<Nullable<Text>>, _>(&ledger.emails)
+        .bind::<Array<Nullable<Text>>, _>(&ledger.phones)
+        .bind::<Array<Nullable<Int8>>, _>(&ledger.held_ids)
+        .bind::<Nullable<Text>, _>(request_id)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&ledger.created_at)
+        .execute(&mut conn)
+        .await?;
+    }
+    if !changes.kinds.is_empty() {
+        let kinds: Vec<&str> = changes.kinds.clone();
+        diesel::sql_query(
+            "WITH p AS ( \
+                 SELECT of, array_agg(id ORDER BY k) AS ids \
+                 FROM unnest($2::int4[], $3::int8[]) WITH ORDINALITY AS p(id, of, k) \
+                 GROUP BY of), \
+             m AS ( \
+                 SELECT of, array_agg(id ORDER BY k) AS ids \
+                 FROM unnest($4::int4[], $5::int8[]) WITH ORDINALITY AS m(id, of, k) \
+                 GROUP BY of) \
+             INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
+             SELECT c.kind, coalesce(p.ids, '{}'), coalesce(m.ids, '{}'), $6 \
+             FROM unnest($1::text[]) WITH ORDINALITY AS c(kind, n) \
+             LEFT JOIN p ON p.of = c.n LEFT JOIN m ON m.of = c.n \
+             ORDER BY c.n",
+        )
+        .bind::<Array<Text>, _>(&kinds)
+        .bind::<Array<Int4>, _>(&changes.primary_ids)
+        .bind::<Array<Int8>, _>(&changes.primary_of)
+        .bind::<Array<Int4>, _>(&changes.contact_ids)
+        .bind::<Array<Int8>, _>(&changes.contact_of)
+        .bind::<Nullable<Text>, _>(request_id)
+        .execute(&mut conn)
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! `POST /identify/batch` (docs/SPEC.md §13): many orders in one request, applied in
+//! turn as single calls would apply them, committed together.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::identify::{IdentifyRequestBody, IdentifyResponse, is_json, json_kind, parse_fields};
+use crate::auth::{self, AuthFailure, Authentication, Masking};
+use crate::domain::{Field, IdentifyRequest, InputError};
+use crate::error::{ApiError, ErrorDetail};
+use crate::middleware::{RateLimitClient, RequestId, rate_limited};
+use crate::state::AppState;
+use crate::{batch, strict_json};
+
+pub const PATH: &str = "/identify/batch";
+
+/// The request body, as documented; parsed by hand so that each order's mistake is
+/// that order's error.
+#[derive(Debug, ToSchema)]
+#[schema(title = "IdentifyBatchRequest")]
+#[allow(dead_code)]
+pub struct IdentifyBatchRequestBody {
+    /// The orders, applied in this order; at most `BATCH_MAX_ORDERS` (1000).
+    orders: Vec<IdentifyRequestBody>,
+}
+
+/// One result per order, in the orders' order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IdentifyBatchResponse {
+    pub results: Vec<OrderResult>,
+}
+
+/// What one order gave: the identity a single call would have answered with, or
+/// why the order changed nothing.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum OrderResult {
+    Identified(IdentifyResponse),
+    Failed { error: ErrorDetail },
+}
+
+/// Links many orders at once: the result of sending each to `POST /identify` in
+/// turn, committed together.
+#[utoipa::path(
+    post,
+    path = "/identify/batch",
+    request_body(content = IdentifyBatchRequestBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One result per order: the identity, or the order's error (`INVALID_INPUT`, `BLOCKED_VALUE`); the valid orders were applied", body = IdentifyBatchResponse),
+        (status = 400, description = "Not a batch: the body is not `{\"orders\": [...]}`, or has too many orders", body = ErrorBody),
+        (status = 401, description = "No valid credential; see WWW-Authenticate", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "The credential lacks the identify (or identify:masked) scope", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit", body = ErrorBody),
+        (status = 415, description = "Body not sent as JSON", body = ErrorBody),
+        (status = 429, description = "Rate limited (a batch costs one token per order); see Retry-After", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "Internal error, without details", body = ErrorBody),
+        (status = 503, description = "Database unavailable or request timed out; see Retry-After",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    tag = "identify",
+    security(("bearer" = ["identify"]))
+)]
+pub async fn identify_batch(
+    State(state): State<AppState>,
+    authentication: Option<Extension<Authentication>>,
+    request_id: Option<Extension<RequestId>>,
+    client: Option<Extension<RateLimitClient>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<IdentifyBatchResponse>, ApiError> {
+    let authentication = authentication
+        .map(|Extension(authentication)| authentication)
+        .unwrap_or(Authentication::Failed(AuthFailure::Missing));
+    let masking = authentication.identify_access()?;
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: state.config.batch_body_limit_bytes,
+            }
+        } else {
+            ApiError::InvalidInput(InputError::new(
+                Field::Body,
+                format!("could not read the request body: {}", rejection.body_text()),
+            ))
+        }
+    })?;
+    let orders = parse_orders(&body, state.config.batch_max_orders as usize)?;
+    charge_rate_limit(&state, client, orders.len())?;
+
+    let valid: Vec<IdentifyRequest> = orders.iter().filter_map(|o| o.clone().ok()).collect();
+    let request_id = request_id.map(|Extension(RequestId(id))| id);
+    let mut applied = if valid.is_empty() {
+        Vec::new()
+    } else {
+        batch::identify_batch(&state.pool, valid, state.policy.clone(), request_id).await?
+    }
+    .into_iter();
+    let mut contacts_read = 0;
+    let results = orders
+        .into_iter()
+        .map(|order| match order {
+            Err(error) => OrderResult::Failed {
+                error: ApiError::InvalidInput(error).detail(),
+            },
+            Ok(_) => match applied.next() {
+                Some(Ok(identified)) => {
+                    state.record_identified(&identified);
+                    contacts_read += identified.identity.contacts.len();
+                    let mut answer = IdentifyResponse::new(identified.identity, identified.outcome);
+                    if masking == Masking::Values {
+                        answer.contact.mask();
+                    }
+                    OrderResult::Identified(answer)
+                }
+                Some(Err(err)) => OrderResult::Failed {
+                    error: ApiError::Service(err).detail(),
+                },
+                None => OrderResult::Failed {
+                    error: ApiError::Internal.detail(),
+                },
+            },
+        })
+        .collect();
+    auth::audit_read(authentication.name(), "identify_batch", contacts_read);
+    Ok(Json(IdentifyBatchResponse { results }))
+}
+
+/// `{"orders": [order, ...]}`: each order parsed as `POST /identify` parses its body,
+/// its mistakes kept as its result; the batch itself must be well-formed.
+fn parse_orders(
+    body: &[u8],
+    max_orders: usize,
+) -> Result<Vec<Result<IdentifyRequest, InputError>>, ApiError> {
+    let invalid = |message: String| ApiError::InvalidInput(InputError::new(Field::Body, message));
+    let value = strict_json::from_slice(body)
+        .map_err(|err| invalid(format!("request body is not valid JSON: {err}")))?;
+    let Some(orders) = value.as_object().and_then(|body| body.get("orders")) else {
+        return Err(invalid(
+            "request body must be a JSON object with an `orders` array".to_owned(),
+        ));
+    };
+    let Value::Array(orders) = orders else {
+        return Err(invalid(format!(
+            "orders must be an array, got {}",
+            json_kind(orders)
+        )));
+    };
+    if orders.len() > max_orders {
+        return Err(invalid(format!(
+            "a batch holds at most {max_orders} orders (BATCH_MAX_ORDERS), got {}",
+            orders.len()
+        )));
+    }
+    Ok(orders
+        .iter()
+        .map(|order| match order {
+            Value::Object(fields) => parse_fields(fields),
+            other => Err(InputError::new(
+                Field::Body,
+                format!("an order must be a JSON object, got {}", json_kind(other)),
+            )),
+        })
+        .collect())
+}
+
+/// A batch costs one rate-limit token per order; the request paid one already.
+fn charge_rate_limit(
+    state: &AppState,
+    client: Option<Extension<RateLimitClient>>,
+    orders: usize,
+) -> Result<(), ApiError> {
+    let (Some(limiter), Some(Extension(RateLimitClient(client)))) = (&state.rate_limiter, client)
+    else {
+        return Ok(());
+    };
+    if orders <= 1 {
+        return Ok(());
+    }
+    let extra = u32::try_from(orders - 1).unwrap_or(u32::MAX);
+    if f64::from(extra) + 1.0 > limiter.burst() {
+        return Err(ApiError::InvalidInput(InputError::new(
+            Field::Body,
+            format!(
+                "the batch holds {orders} orders, more than the rate limit's burst of {} \
+                 allows at once; send smaller batches",
+                limiter.burst()
+            ),
+        )));
+    }
+    limiter.check(&client, extra).map_err(|retry_after| {
+        state.metrics.observe_rate_limited();
+        rate_limited(retry_after)
+    })
+}
+
+use crate::error::ErrorBody;
