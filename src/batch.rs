@@ -4,6 +4,9 @@
 //! ([`BatchWorld`]) and writes the outcome set-wise.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use diesel_async::AsyncConnection;
 use futures_util::future::{try_join, try_join_all, try_join5};
@@ -26,15 +29,26 @@ pub type BatchResults = Vec<Result<Identified, ServiceError>>;
 /// hanging up cannot cancel the transaction half way.
 pub async fn identify_batch(
     pool: &DbPool,
+    gate: &Arc<Semaphore>,
     requests: Vec<IdentifyRequest>,
     policy: Policy,
     request_id: Option<String>,
 ) -> Result<BatchResults, ServiceError> {
+    // Held until the batch ends, even if its client goes.
+    let turn = gate
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ServiceError::Refused("the server is shutting down".to_owned()))?;
     let pool = pool.clone();
     let span = tracing::info_span!("identify_batch", orders = requests.len(), attempts = 1);
     let task = tokio::spawn(
-        async move { with_retry(&pool, &requests, &policy, request_id.as_deref()).await }
-            .instrument(span),
+        async move {
+            let results = with_retry(&pool, &requests, &policy, request_id.as_deref()).await;
+            drop(turn);
+            results
+        }
+        .instrument(span),
     );
     match task.await {
         Ok(result) => result,
@@ -88,16 +102,15 @@ async fn once(
     let valid: Vec<&IdentifyRequest> = kept.iter().filter_map(|r| r.as_ref().ok()).collect();
     let emails: Vec<&str> = distinct(valid.iter().filter_map(|r| r.email()).map(|e| e.as_str()));
     let phones: Vec<&str> = distinct(valid.iter().filter_map(|r| r.phone()).map(|p| p.as_str()));
-    // Pipelined, each statement sent when first polled: in this order.
-    let ((), ((), primaries, members, blocked, fresh)) = try_join(
+    // Sent in this order (try_join polls its futures in argument order).
+    let ((), ((), primaries, members, blocked, now)) = try_join(
         sql::plan_for_index_probes(conn),
         try_join5(
             sql::lock_values(conn, &emails, &phones),
             sql::lock_matched_primaries(conn, &emails, &phones),
             sql::load_members_matching(conn, &emails, &phones),
             sql::blocked_among(conn, &emails, &phones),
-            // Each order inserts at most one row.
-            sql::fresh_rows(conn, valid.len() as i64),
+            sql::clock(conn),
         ),
     )
     .await?;
@@ -116,10 +129,18 @@ async fn once(
         return Err(AttemptError::Raced);
     }
 
-    let now = fresh.first().map_or_else(chrono::Utc::now, |row| row.at);
     let mut world = BatchWorld::new(members.into_iter().map(Contact::from).collect(), now);
-    let mut fresh = fresh.into_iter().map(|row| (row.id, row.at));
-    let mut next = || fresh.next().expect("one fresh row per order");
+    // Planned with provisional ids above every real one, in insertion order, and
+    // the clock read under the locks: contact order among the new rows and against
+    // the stored ones is what the real ids and times will give. The real ids are
+    // drawn afterwards, one per row inserted, so orders that insert nothing use
+    // no id (a contact id is an int4).
+    let provisional_base = i32::MAX - i32::try_from(kept.len()).unwrap_or(i32::MAX);
+    let mut provisional = provisional_base;
+    let mut next = || {
+        provisional += 1;
+        (provisional, now)
+    };
     let mut results: BatchResults = Vec::with_capacity(kept.len());
     let mut steps: Vec<(usize, &IdentifyRequest, BatchStep)> = Vec::new();
     for (index, request) in kept.iter().enumerate() {
@@ -141,8 +162,26 @@ async fn once(
         steps.extend(planned.steps.into_iter().map(|step| (index, request, step)));
     }
 
+    let inserted = world.inserted();
+    let fresh = if inserted.is_empty() {
+        Vec::new()
+    } else {
+        sql::fresh_rows(conn, inserted.len() as i64).await?
+    };
+    let ids = Remap {
+        base: provisional_base,
+        fresh: &fresh,
+    };
+    for result in results.iter_mut().flatten() {
+        ids.identity(&mut result.identity);
+    }
+    for (_, _, step) in &mut steps {
+        ids.step(step);
+    }
+
     let mut new_rows = NewRows::default();
-    for contact in world.inserted() {
+    for mut contact in inserted {
+        ids.contact(&mut contact);
         new_rows.ids.push(contact.id);
         new_rows
             .emails
@@ -153,7 +192,11 @@ async fn once(
         new_rows.linked_ids.push(contact.linked_id);
         new_rows.created_at.push(contact.created_at);
     }
-    let demoted = world.demoted();
+    let demoted: Vec<(i32, i32)> = world
+        .demoted()
+        .into_iter()
+        .map(|(from, to)| (ids.id(from), ids.id(to)))
+        .collect();
     let held: Vec<(usize, HeldRow<'_>)> = steps
         .iter()
         .filter_map(|(index, request, step)| match step {
@@ -282,6 +325,64 @@ fn ledger_rows(
         }
     }
     (ledger, changes)
+}
+
+/// Provisional ids (above `base`) to the real ones drawn for the rows inserted,
+/// in the same order, with their creation times.
+struct Remap<'a> {
+    base: i32,
+    fresh: &'a [sql::Fresh],
+}
+
+impl Remap<'_> {
+    fn fresh(&self, id: i32) -> Option<&sql::Fresh> {
+        let index = usize::try_from(id.checked_sub(self.base)?.checked_sub(1)?).ok()?;
+        self.fresh.get(index)
+    }
+
+    fn id(&self, id: i32) -> i32 {
+        self.fresh(id).map_or(id, |fresh| fresh.id)
+    }
+
+    fn contact(&self, contact: &mut Contact) {
+        if let Some(fresh) = self.fresh(contact.id) {
+            contact.created_at = fresh.at;
+            contact.updated_at = contact.updated_at.max(fresh.at);
+        }
+        contact.id = self.id(contact.id);
+        contact.linked_id = contact.linked_id.map(|id| self.id(id));
+    }
+
+    fn identity(&self, identity: &mut crate::domain::Identity) {
+        identity.primary_id = self.id(identity.primary_id);
+        for id in &mut identity.secondary_ids {
+            *id = self.id(*id);
+        }
+        for contact in &mut identity.contacts {
+            self.contact(contact);
+        }
+    }
+
+    fn step(&self, step: &mut BatchStep) {
+        match step {
+            BatchStep::Inserted { contact, .. } => self.contact(contact),
+            BatchStep::Merged {
+                primary_id,
+                demoted_primary_ids,
+            } => {
+                *primary_id = self.id(*primary_id);
+                for id in demoted_primary_ids {
+                    *id = self.id(*id);
+                }
+            }
+            BatchStep::Held(hold) => {
+                hold.primary_id = self.id(hold.primary_id);
+                for id in &mut hold.primary_ids {
+                    *id = self.id(*id);
+                }
+            }
+        }
+    }
 }
 
 fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {

@@ -119,10 +119,21 @@ pub struct Config {
         long,
         env = "BATCH_MAX_ORDERS",
         default_value_t = 1000,
-        value_parser = clap::value_parser!(u32).range(1..=100_000),
+        value_parser = clap::value_parser!(u32).range(1..=10_000),
         global = true
     )]
     pub batch_max_orders: u32,
+
+    /// Batches one server process runs at once; more wait their turn. Each holds
+    /// a lock per value in PostgreSQL's shared lock table until it commits.
+    #[arg(
+        long,
+        env = "BATCH_CONCURRENCY",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u16).range(1..),
+        global = true
+    )]
+    pub batch_concurrency: u16,
 
     /// Largest `POST /identify/batch` body accepted, in bytes (413 beyond): about
     /// 500 bytes an order at the default batch size.

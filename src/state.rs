@@ -28,6 +28,8 @@ pub struct App {
     pub policy: Policy,
     /// Wakes `identityEvents` subscribers and announces this process's commits.
     pub feed: Arc<ChangeFeed>,
+    /// Batches running at once (`BATCH_CONCURRENCY`).
+    pub batches: Arc<tokio::sync::Semaphore>,
     pub config: Config,
 }
 
@@ -60,6 +62,9 @@ impl AppState {
                 limits: config.identity_limits(),
             },
             feed: ChangeFeed::new(usize::from(config.max_subscribers), config.pool_size),
+            batches: Arc::new(tokio::sync::Semaphore::new(usize::from(
+                config.batch_concurrency,
+            ))),
             config,
         }))
     }

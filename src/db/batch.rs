@@ -22,8 +22,8 @@ pub async fn plan_for_index_probes(mut conn: &AsyncPgConnection) -> diesel::Quer
 }
 
 /// Takes the value locks of every value, in the global key order single calls use
-/// (they lock the lesser of their two keys first): batches and single calls never
-/// wait on each other in a cycle.
+/// (they lock the lesser of their two keys first): advisory locks never form a
+/// cycle between batches and single calls.
 pub async fn lock_values(
     mut conn: &AsyncPgConnection,
     emails: &[&str],
@@ -129,9 +129,22 @@ pub struct Fresh {
     pub at: DateTime<Utc>,
 }
 
-/// `count` ids from the contacts' sequence with rising creation times, taken under
-/// the locks: later than every row the batch can see. Ids left unused are gaps, as
-/// a rolled-back single call leaves.
+#[derive(Debug, QueryableByName)]
+struct Clock {
+    #[diesel(sql_type = Timestamptz)]
+    at: DateTime<Utc>,
+}
+
+/// The clock, read under the locks: later than every row the batch can see.
+pub async fn clock(mut conn: &AsyncPgConnection) -> diesel::QueryResult<DateTime<Utc>> {
+    let clock: Clock = diesel::sql_query("SELECT clock_timestamp() AS at")
+        .get_result(&mut conn)
+        .await?;
+    Ok(clock.at)
+}
+
+/// `count` ids from the contacts' sequence with rising creation times, one per row
+/// the batch inserts, drawn once the batch is planned.
 pub async fn fresh_rows(
     mut conn: &AsyncPgConnection,
     count: i64,

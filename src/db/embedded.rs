@@ -320,7 +320,10 @@ fn spawn_postgres(
         .args(["-p", &port.to_string()])
         .args(["-c", "listen_addresses=127.0.0.1"])
         .args(["-c", "unix_socket_directories="])
-        .args(["-c", "max_connections=300"]);
+        .args(["-c", "max_connections=300"])
+        // A batch identify takes an advisory lock per value (up to 2 000): the lock
+        // table (this times max_connections) must hold a few batches at once.
+        .args(["-c", "max_locks_per_transaction=256"]);
     if !options.durable {
         for setting in [
             "fsync=off",

@@ -27,8 +27,12 @@ pub enum DbError {
 }
 
 /// PostgreSQL's messages for SQLSTATE class 57P (operator intervention: shutdown,
-/// start-up, recovery) and the class 08 conditions it reports as errors.
-const UNAVAILABLE_MESSAGES: [&str; 6] = [
+/// start-up, recovery), the class 08 conditions it reports as errors, and running
+/// out of shared memory (53200).
+const UNAVAILABLE_MESSAGES: [&str; 7] = [
+    // 53200, e.g. the lock table full under many large batches: a moment later
+    // there is room again.
+    "out of shared memory",
     "terminating connection due to administrator command",
     "terminating connection due to unexpected postmaster exit",
     "terminating connection due to idle-session timeout",

@@ -203,7 +203,8 @@ impl Size {
     }
 }
 
-/// Counts `identify` at the root of a mutation, through fragments. Each fragment is
+/// Counts `identify` and `identifyBatch` at the root of a mutation, through
+/// fragments. Each fragment is
 /// counted once and remembered, so nested spreads cost linear time; the document
 /// has not been validated yet, so cycles are cut at a depth no valid one reaches.
 struct IdentifyCounter<'a> {
@@ -221,7 +222,12 @@ impl<'a> IdentifyCounter<'a> {
         let mut total = 0usize;
         for item in &selection_set.items {
             let count = match &item.node {
-                Selection::Field(field) => usize::from(field.node.name.node == "identify"),
+                // A batch counts once here (it pays its other orders itself, when
+                // it runs): thirty batches cannot ride on one request's token.
+                Selection::Field(field) => usize::from(matches!(
+                    field.node.name.node.as_str(),
+                    "identify" | "identifyBatch"
+                )),
                 Selection::InlineFragment(fragment) => {
                     self.count(&fragment.node.selection_set.node, nesting + 1)
                 }

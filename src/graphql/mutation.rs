@@ -38,7 +38,8 @@ pub struct OrderError {
     /// `BAD_USER_INPUT` or `BLOCKED_VALUE`.
     pub code: String,
     pub message: String,
-    /// The input field at fault (`email`, `phoneNumber`), when there is one.
+    /// The input field at fault (`email`, `phoneNumber`, or `input` for the pair),
+    /// when there is one.
     pub field: Option<String>,
 }
 
@@ -139,8 +140,14 @@ impl MutationRoot {
         let mut applied = if valid.is_empty() {
             Vec::new()
         } else {
-            crate::batch::identify_batch(&state.pool, valid, state.policy.clone(), request_id)
-                .await?
+            crate::batch::identify_batch(
+                &state.pool,
+                &state.batches,
+                valid,
+                state.policy.clone(),
+                request_id,
+            )
+            .await?
         }
         .into_iter();
         let mut contacts_read = 0;
@@ -169,12 +176,20 @@ impl MutationRoot {
                 "INVALID_INPUT" => ErrorCode::BadUserInput.as_str().to_owned(),
                 other => other.to_owned(),
             };
+            // GraphQL names the whole input `input`, as `identify`'s errors do.
+            let field = detail.field.map(|field| {
+                if field == "body" {
+                    "input".to_owned()
+                } else {
+                    field
+                }
+            });
             results.push(BatchOrderResult {
                 identity: None,
                 error: Some(OrderError {
                     code,
                     message: detail.message,
-                    field: detail.field,
+                    field,
                 }),
             });
         }

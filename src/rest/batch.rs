@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::identify::{IdentifyRequestBody, IdentifyResponse, is_json, json_kind, parse_fields};
+use super::identify::{IdentifyResponse, is_json, json_kind, parse_fields};
 use crate::auth::{self, AuthFailure, Authentication, Masking};
 use crate::domain::{Field, IdentifyRequest, InputError};
 use crate::error::{ApiError, ErrorDetail};
@@ -26,8 +26,12 @@ pub const PATH: &str = "/identify/batch";
 #[schema(title = "IdentifyBatchRequest")]
 #[allow(dead_code)]
 pub struct IdentifyBatchRequestBody {
-    /// The orders, applied in this order; at most `BATCH_MAX_ORDERS` (1000).
-    orders: Vec<IdentifyRequestBody>,
+    /// The orders, applied in this order; at most `BATCH_MAX_ORDERS` (1000). Each
+    /// is an object read as an `IdentifyRequest`: an order whose fields are not a
+    /// valid one gets its own error in the results and the others apply; an order
+    /// that is not an object makes the whole body a bad batch.
+    #[schema(value_type = Vec<Object>)]
+    orders: Vec<Value>,
 }
 
 /// One result per order, in the orders' order.
@@ -103,7 +107,14 @@ pub async fn identify_batch(
     let mut applied = if valid.is_empty() {
         Vec::new()
     } else {
-        batch::identify_batch(&state.pool, valid, state.policy.clone(), request_id).await?
+        batch::identify_batch(
+            &state.pool,
+            &state.batches,
+            valid,
+            state.policy.clone(),
+            request_id,
+        )
+        .await?
     }
     .into_iter();
     let mut contacts_read = 0;
@@ -162,16 +173,17 @@ fn parse_orders(
             orders.len()
         )));
     }
-    Ok(orders
+    orders
         .iter()
-        .map(|order| match order {
-            Value::Object(fields) => parse_fields(fields),
-            other => Err(InputError::new(
-                Field::Body,
-                format!("an order must be a JSON object, got {}", json_kind(other)),
-            )),
+        .enumerate()
+        .map(|(index, order)| match order {
+            Value::Object(fields) => Ok(parse_fields(fields)),
+            other => Err(invalid(format!(
+                "order {index} must be a JSON object, got {}",
+                json_kind(other)
+            ))),
         })
-        .collect())
+        .collect()
 }
 
 /// A batch costs one rate-limit token per order; the request paid one already.
