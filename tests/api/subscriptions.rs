@@ -874,6 +874,17 @@ async fn an_event_cursor_past_the_transaction_id_range_is_refused() {
 async fn without_a_cursor_a_subscription_starts_now() {
     let app = spawn_app().await;
     app.identify(Some("before@x.io"), None).await;
+    // "Now" is the last change readable: one held back behind an older running
+    // transaction (of any database of the cluster, other tests' included) still
+    // comes. Wait until the first change is readable.
+    let deadline = Instant::now() + PATIENCE;
+    while every_cursor(|path| app.url(path)).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first change never became readable"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut subscriber = Subscriber::connect(app.address, None).await;
     subscriber.subscribe("1", EVENTS, json!({})).await;
     // The server counts a subscriber once it knows where "now" is.
