@@ -15,7 +15,9 @@ use tracing::Instrument;
 use crate::db::batch::{self as sql, ChangeRows, HeldRow, LedgerRows, NewRows};
 use crate::db::{DbError, DbPool};
 use crate::domain::{BatchStep, BatchWorld, Contact, ContactValue, IdentifyRequest, Limits};
-use crate::service::{AttemptError, Identified, Policy, ServiceError, screen_request};
+use crate::service::{
+    AttemptError, Identified, Policy, ServiceError, check_locked, screen_request,
+};
 
 /// Attempts before a batch that keeps racing concurrent merges gives up.
 const MAX_ATTEMPTS: u32 = 16;
@@ -117,17 +119,7 @@ async fn once(
     if !blocked.is_empty() {
         return Err(AttemptError::Blocked(blocked));
     }
-    if primaries.iter().any(|primary| primary.linked_id.is_some()) {
-        return Err(AttemptError::Raced);
-    }
-    let locked: BTreeSet<i32> = primaries.iter().map(|primary| primary.id).collect();
-    let loaded: BTreeSet<i32> = members
-        .iter()
-        .map(|member| member.linked_id.unwrap_or(member.id))
-        .collect();
-    if locked != loaded {
-        return Err(AttemptError::Raced);
-    }
+    check_locked(&primaries, &members)?;
 
     let mut world = BatchWorld::new(members.into_iter().map(Contact::from).collect(), now);
     // Planned with provisional ids above every real one, in insertion order, and

@@ -297,19 +297,7 @@ pub(crate) async fn identify_once(
     if !blocked.is_empty() {
         return Err(AttemptError::Blocked(blocked));
     }
-    // A merge that committed between the match and the lock demoted a primary we
-    // locked: start over rather than act on a stale picture.
-    if primaries.iter().any(|primary| primary.linked_id.is_some()) {
-        return Err(AttemptError::Raced);
-    }
-    let locked: BTreeSet<i32> = primaries.iter().map(|primary| primary.id).collect();
-    let loaded: BTreeSet<i32> = members
-        .iter()
-        .map(|member| member.linked_id.unwrap_or(member.id))
-        .collect();
-    if locked != loaded {
-        return Err(AttemptError::Raced);
-    }
+    check_locked(&primaries, &members)?;
     let members: Vec<Contact> = members.into_iter().map(Contact::from).collect();
 
     let decision = decide(request, &members, options.limits);
@@ -387,6 +375,28 @@ pub(crate) async fn identify_once(
         merged_primaries: decision.merged_primaries(),
         held_id,
     })
+}
+
+/// The locked primaries must be exactly the identities whose members were loaded,
+/// each still a primary: a merge that committed between the match and the lock
+/// demoted one, or joined another, and the attempt starts over rather than act on
+/// a stale picture.
+pub(crate) fn check_locked(
+    primaries: &[contacts::ContactRecord],
+    members: &[contacts::ContactRecord],
+) -> Result<(), AttemptError> {
+    if primaries.iter().any(|primary| primary.linked_id.is_some()) {
+        return Err(AttemptError::Raced);
+    }
+    let locked: BTreeSet<i32> = primaries.iter().map(|primary| primary.id).collect();
+    let loaded: BTreeSet<i32> = members
+        .iter()
+        .map(|member| member.linked_id.unwrap_or(member.id))
+        .collect();
+    if locked != loaded {
+        return Err(AttemptError::Raced);
+    }
+    Ok(())
 }
 
 /// Why a look-up found no single identity to answer with.

@@ -31,7 +31,7 @@ pub use query::QueryRoot;
 use crate::auth::{AuthFailure, Authentication, Masking, Scope};
 use crate::config::Switch;
 use crate::error::ApiError;
-use crate::middleware::{RateLimitClient, RequestId, rate_limited};
+use crate::middleware::{RateLimitClient, RequestId, Unpaid, charge_units, rate_limited};
 use crate::state::AppState;
 use crate::strict_json;
 
@@ -281,35 +281,22 @@ fn refused(mut errors: Vec<ServerError>) -> Response {
     )
 }
 
-/// An `identifyBatch` of `orders` costs one rate-limit token per order; the request
-/// paid one. Refused (rate limited) when the client has not that many.
+/// An `identifyBatch` of `orders` costs one rate-limit token per order; the document
+/// paid one for it before it ran.
 fn charge_batch(ctx: &async_graphql::Context<'_>, orders: usize) -> async_graphql::Result<()> {
     let state = ctx.data_unchecked::<AppState>();
-    let (Some(limiter), Some(RateLimitClient(client))) =
-        (&state.rate_limiter, ctx.data_opt::<RateLimitClient>())
-    else {
-        return Ok(());
-    };
-    if orders <= 1 {
-        return Ok(());
-    }
-    let extra = u32::try_from(orders - 1).unwrap_or(u32::MAX);
-    if f64::from(extra) + 1.0 > limiter.burst() {
-        return Err(ErrorCode::BadUserInput.argument_error(
+    charge_units(state, ctx.data_opt::<RateLimitClient>(), orders).map_err(|unpaid| match unpaid {
+        Unpaid::OverBurst { burst } => ErrorCode::BadUserInput.argument_error(
             "inputs",
             format!(
-                "the batch holds {orders} orders, more than the rate limit's burst of {} \
-                 allows at once; send smaller batches",
-                limiter.burst()
+                "the batch holds {orders} orders, more than the rate limit's burst of {burst} \
+                 allows at once; send smaller batches"
             ),
-        ));
-    }
-    limiter.check(client, extra).map_err(|retry_after| {
-        state.metrics.observe_rate_limited();
-        ErrorCode::RateLimited.error(format!(
+        ),
+        Unpaid::Limited(retry_after) => ErrorCode::RateLimited.error(format!(
             "too many orders; retry after {} s",
             retry_after.as_secs().max(1)
-        ))
+        )),
     })
 }
 
@@ -320,25 +307,14 @@ fn charge_rate_limit(
     client: Option<Extension<RateLimitClient>>,
     identify_count: usize,
 ) -> Option<Response> {
-    let (Some(limiter), Some(Extension(RateLimitClient(client)))) = (&state.rate_limiter, client)
-    else {
-        return None;
-    };
-    if identify_count <= 1 {
-        return None;
-    }
-    let extra = u32::try_from(identify_count - 1).unwrap_or(u32::MAX);
-    if f64::from(extra) + 1.0 > limiter.burst() {
-        return Some(refused(vec![limits::limit_error(format!(
-            "the document runs identify {identify_count} times, more than the rate \
-             limit's burst of {} allows at once; send fewer per request",
-            limiter.burst()
-        ))]));
-    }
-    match limiter.check(&client, extra) {
+    let client = client.map(|Extension(client)| client);
+    match charge_units(state, client.as_ref(), identify_count) {
         Ok(()) => None,
-        Err(retry_after) => {
-            state.metrics.observe_rate_limited();
+        Err(Unpaid::OverBurst { burst }) => Some(refused(vec![limits::limit_error(format!(
+            "the document runs identify {identify_count} times, more than the rate \
+             limit's burst of {burst} allows at once; send fewer per request"
+        ))])),
+        Err(Unpaid::Limited(retry_after)) => {
             Some(rate_limited(retry_after).into_graphql_response())
         }
     }

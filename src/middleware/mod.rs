@@ -17,7 +17,9 @@ use tracing::Instrument;
 pub use auth::authenticate;
 pub use limits::{catch_panic, refuse_oversized_body, timeout};
 pub(crate) use rate_limit::client_address;
-pub use rate_limit::{ClientKey, RateLimitClient, RateLimiter, rate_limit, rate_limited};
+pub use rate_limit::{
+    ClientKey, RateLimitClient, RateLimiter, Unpaid, charge_units, rate_limit, rate_limited,
+};
 
 use crate::error::ApiError;
 use crate::state::AppState;

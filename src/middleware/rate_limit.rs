@@ -82,6 +82,41 @@ pub enum ClientKey {
 #[derive(Debug, Clone)]
 pub struct RateLimitClient(pub ClientKey);
 
+/// Why a request's further units of work could not be paid for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Unpaid {
+    /// More units than the burst allows at once, whatever the client's history.
+    OverBurst { burst: f64 },
+    /// Not now; the tokens come back after this long.
+    Limited(Duration),
+}
+
+/// Charges a request that does `units` units of work (each `identify` of a
+/// document, each order of a batch) the tokens beyond the one the middleware took.
+/// Nothing to pay without a limiter or a client key; a refusal is counted.
+pub fn charge_units(
+    state: &AppState,
+    client: Option<&RateLimitClient>,
+    units: usize,
+) -> Result<(), Unpaid> {
+    let (Some(limiter), Some(RateLimitClient(client))) = (&state.rate_limiter, client) else {
+        return Ok(());
+    };
+    if units <= 1 {
+        return Ok(());
+    }
+    let extra = u32::try_from(units - 1).unwrap_or(u32::MAX);
+    if f64::from(extra) + 1.0 > limiter.burst() {
+        return Err(Unpaid::OverBurst {
+            burst: limiter.burst(),
+        });
+    }
+    limiter.check(client, extra).map_err(|retry_after| {
+        state.metrics.observe_rate_limited();
+        Unpaid::Limited(retry_after)
+    })
+}
+
 pub fn rate_limited(retry_after: Duration) -> ApiError {
     ApiError::RateLimited {
         retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,

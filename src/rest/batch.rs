@@ -4,17 +4,17 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::identify::{IdentifyResponse, is_json, json_kind, parse_fields};
+use super::identify::{IdentifyResponse, json_body, json_kind, parse_fields};
 use crate::auth::{self, AuthFailure, Authentication, Masking};
 use crate::domain::{Field, IdentifyRequest, InputError};
-use crate::error::{ApiError, ErrorDetail};
-use crate::middleware::{RateLimitClient, RequestId, rate_limited};
+use crate::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::middleware::{RateLimitClient, RequestId, Unpaid, charge_units, rate_limited};
 use crate::state::AppState;
 use crate::{batch, strict_json};
 
@@ -84,21 +84,7 @@ pub async fn identify_batch(
         .map(|Extension(authentication)| authentication)
         .unwrap_or(Authentication::Failed(AuthFailure::Missing));
     let masking = authentication.identify_access()?;
-    if !is_json(&headers) {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: state.config.batch_body_limit_bytes,
-            }
-        } else {
-            ApiError::InvalidInput(InputError::new(
-                Field::Body,
-                format!("could not read the request body: {}", rejection.body_text()),
-            ))
-        }
-    })?;
+    let body = json_body(&headers, body, state.config.batch_body_limit_bytes)?;
     let orders = parse_orders(&body, state.config.batch_max_orders as usize)?;
     charge_rate_limit(&state, client, orders.len())?;
 
@@ -192,28 +178,15 @@ fn charge_rate_limit(
     client: Option<Extension<RateLimitClient>>,
     orders: usize,
 ) -> Result<(), ApiError> {
-    let (Some(limiter), Some(Extension(RateLimitClient(client)))) = (&state.rate_limiter, client)
-    else {
-        return Ok(());
-    };
-    if orders <= 1 {
-        return Ok(());
-    }
-    let extra = u32::try_from(orders - 1).unwrap_or(u32::MAX);
-    if f64::from(extra) + 1.0 > limiter.burst() {
-        return Err(ApiError::InvalidInput(InputError::new(
+    let client = client.map(|Extension(client)| client);
+    charge_units(state, client.as_ref(), orders).map_err(|unpaid| match unpaid {
+        Unpaid::OverBurst { burst } => ApiError::InvalidInput(InputError::new(
             Field::Body,
             format!(
-                "the batch holds {orders} orders, more than the rate limit's burst of {} \
-                 allows at once; send smaller batches",
-                limiter.burst()
+                "the batch holds {orders} orders, more than the rate limit's burst of {burst} \
+                 allows at once; send smaller batches"
             ),
-        )));
-    }
-    limiter.check(&client, extra).map_err(|retry_after| {
-        state.metrics.observe_rate_limited();
-        rate_limited(retry_after)
+        )),
+        Unpaid::Limited(retry_after) => rate_limited(retry_after),
     })
 }
-
-use crate::error::ErrorBody;

@@ -174,21 +174,7 @@ pub async fn identify(
         .map(|Extension(authentication)| authentication)
         .unwrap_or(Authentication::Failed(AuthFailure::Missing));
     let masking = authentication.identify_access()?;
-    if !is_json(&headers) {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: state.config.body_limit_bytes,
-            }
-        } else {
-            ApiError::InvalidInput(InputError::new(
-                Field::Body,
-                format!("could not read the request body: {}", rejection.body_text()),
-            ))
-        }
-    })?;
+    let body = json_body(&headers, body, state.config.body_limit_bytes)?;
     let request = parse_body(&body)?;
     let request_id = request_id.map(|Extension(RequestId(id))| id);
     let identified =
@@ -206,8 +192,29 @@ pub async fn identify(
     Ok(Json(answer))
 }
 
+/// The body of a request sent as JSON, read within `limit` bytes.
+pub fn json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    if !is_json(headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::InvalidInput(InputError::new(
+                Field::Body,
+                format!("could not read the request body: {}", rejection.body_text()),
+            ))
+        }
+    })
+}
+
 /// `application/json`, or any `application/*+json`, with or without parameters.
-pub fn is_json(headers: &HeaderMap) -> bool {
+fn is_json(headers: &HeaderMap) -> bool {
     crate::middleware::media_type(headers).is_some_and(|essence| {
         essence == "application/json"
             || (essence.starts_with("application/") && essence.ends_with("+json"))
