@@ -3,9 +3,11 @@
 //! identity the batch can touch at once, plans the batch in memory
 //! ([`BatchWorld`]) and writes the outcome set-wise.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 
 use diesel_async::AsyncConnection;
@@ -121,18 +123,42 @@ async fn once(
     }
     check_locked(&primaries, &members)?;
 
-    let mut world = BatchWorld::new(members.into_iter().map(Contact::from).collect(), now);
-    // Planned with provisional ids above every real one, in insertion order, and
-    // the clock read under the locks: contact order among the new rows and against
-    // the stored ones is what the real ids and times will give. The real ids are
-    // drawn afterwards, one per row inserted, so orders that insert nothing use
-    // no id (a contact id is an int4).
+    let members = members.into_iter().map(Contact::from).collect();
+    plan_and_write(conn, kept, members, now, Times::Clock, limits, request_id).await
+}
+
+/// Where the creation times of the rows a plan inserts come from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Times<'a> {
+    /// The clock, read once the batch is planned: rising, one per row.
+    Clock,
+    /// One per order (an import's `orderedAt`, or its chunk's clock), raised to
+    /// the newest member of the identities the order reaches; also the time of the
+    /// order's merges and held records.
+    Given(&'a [DateTime<Utc>]),
+}
+
+/// Plans `kept` in turn over `members` (every live member of every identity the
+/// orders' values reach, locked by the caller), then writes the outcome set-wise:
+/// the rows, the re-links, the held records, the ledger and the change events.
+pub(crate) async fn plan_and_write(
+    conn: &diesel_async::AsyncPgConnection,
+    kept: &[Result<IdentifyRequest, ServiceError>],
+    members: Vec<Contact>,
+    now: DateTime<Utc>,
+    times: Times<'_>,
+    limits: Limits,
+    request_id: Option<&str>,
+) -> Result<BatchResults, AttemptError> {
+    let mut world = BatchWorld::new(members, now);
+    // Planned with provisional ids above every real one, in insertion order: contact
+    // order among the new rows and against the stored ones is what the real ids and
+    // times will give. The real ids are drawn afterwards, one per row inserted, so
+    // orders that insert nothing use no id (a contact id is an int4).
     let provisional_base = i32::MAX - i32::try_from(kept.len()).unwrap_or(i32::MAX);
-    let mut provisional = provisional_base;
-    let mut next = || {
-        provisional += 1;
-        (provisional, now)
-    };
+    let provisional = Cell::new(provisional_base);
+    // The time each order ran at, for its merges and held records.
+    let mut order_times: Vec<Option<DateTime<Utc>>> = vec![None; kept.len()];
     let mut results: BatchResults = Vec::with_capacity(kept.len());
     let mut steps: Vec<(usize, &IdentifyRequest, BatchStep)> = Vec::new();
     for (index, request) in kept.iter().enumerate() {
@@ -143,6 +169,22 @@ async fn once(
                 continue;
             }
             Err(other) => return Err(AttemptError::Refused(clone_error(other))),
+        };
+        let at = match times {
+            Times::Clock => now,
+            // A row is never older than the identity it joins (docs/SPEC.md §13.1):
+            // a member written since the file's time (by live traffic) sets the floor.
+            Times::Given(given) => world
+                .newest_matched(request)
+                .map_or(given[index], |newest| newest.max(given[index])),
+        };
+        if let Times::Given(_) = times {
+            order_times[index] = Some(at);
+        }
+        world.set_clock(at);
+        let mut next = || {
+            provisional.set(provisional.get() + 1);
+            (provisional.get(), at)
         };
         let planned = world.apply(request, limits, &mut next);
         results.push(Ok(Identified {
@@ -155,10 +197,18 @@ async fn once(
     }
 
     let inserted = world.inserted();
-    let fresh = if inserted.is_empty() {
-        Vec::new()
-    } else {
-        sql::fresh_rows(conn, inserted.len() as i64).await?
+    let fresh = match times {
+        _ if inserted.is_empty() => Vec::new(),
+        Times::Clock => sql::fresh_rows(conn, inserted.len() as i64).await?,
+        Times::Given(_) => sql::fresh_ids(conn, inserted.len() as i64)
+            .await?
+            .into_iter()
+            .zip(&inserted)
+            .map(|(id, contact)| sql::Fresh {
+                id,
+                at: contact.created_at,
+            })
+            .collect(),
     };
     let ids = Remap {
         base: provisional_base,
@@ -183,11 +233,16 @@ async fn once(
             .push(contact.phone.map(|p| p.as_str().to_owned()));
         new_rows.linked_ids.push(contact.linked_id);
         new_rows.created_at.push(contact.created_at);
+        new_rows.updated_at.push(contact.updated_at);
     }
-    let demoted: Vec<(i32, i32)> = world
+    let demoted: Vec<sql::Relink> = world
         .demoted()
         .into_iter()
-        .map(|(from, to)| (ids.id(from), ids.id(to)))
+        .map(|(from, to, at)| sql::Relink {
+            from: ids.id(from),
+            to: ids.id(to),
+            at,
+        })
         .collect();
     let held: Vec<(usize, HeldRow<'_>)> = steps
         .iter()
@@ -221,7 +276,8 @@ async fn once(
     )
     .await?;
     let mut held_ids = held.iter().map(|(index, _)| *index).zip(held_ids);
-    let (ledger, changes) = ledger_rows(&steps, &mut held_ids, &mut results);
+    let step_time = |index: usize| order_times[index];
+    let (ledger, changes) = ledger_rows(&steps, &mut held_ids, &mut results, step_time);
     sql::record(conn, &ledger, &changes, request_id).await?;
     Ok(results)
 }
@@ -232,6 +288,7 @@ fn ledger_rows(
     steps: &[(usize, &IdentifyRequest, BatchStep)],
     held_ids: &mut impl Iterator<Item = (usize, i64)>,
     results: &mut BatchResults,
+    step_time: impl Fn(usize) -> Option<DateTime<Utc>>,
 ) -> (LedgerRows, ChangeRows) {
     let mut ledger = LedgerRows::default();
     let mut changes = ChangeRows::default();
@@ -287,7 +344,7 @@ fn ledger_rows(
                         .phones
                         .push(request.phone().map(|p| p.as_str().to_owned()));
                     ledger.held_ids.push(None);
-                    ledger.created_at.push(None);
+                    ledger.created_at.push(step_time(*index));
                 }
                 let mut primaries = vec![*primary_id];
                 primaries.extend_from_slice(demoted_primary_ids);
@@ -311,7 +368,7 @@ fn ledger_rows(
                     .phones
                     .push(request.phone().map(|p| p.as_str().to_owned()));
                 ledger.held_ids.push(held_id);
-                ledger.created_at.push(None);
+                ledger.created_at.push(step_time(*index));
                 change("held", &hold.primary_ids, &[]);
             }
         }

@@ -52,11 +52,57 @@ pub enum Command {
         #[arg(long)]
         primary_contact_id: Option<i32>,
     },
+    /// Apply a file of orders as `POST /identify` would, line by line, in chunks
+    /// of one transaction (docs/SPEC.md §13.1); or, with --from-postgres, migrate
+    /// the NestJS/TypeORM implementation's contact table (§13.2).
+    Import(ImportArgs),
     /// Manage API keys (applies pending migrations first).
     Keys {
         #[command(subcommand)]
         action: KeysCommand,
     },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ImportArgs {
+    /// The orders: NDJSON lines {"email", "phoneNumber", "orderedAt"} or CSV with
+    /// those columns; `-` reads standard input.
+    #[arg(
+        required_unless_present = "from_postgres",
+        conflicts_with = "from_postgres"
+    )]
+    pub file: Option<String>,
+    /// The input's format (default: from the extension, `.csv` or else NDJSON).
+    #[arg(long, value_enum)]
+    pub format: Option<ImportFormat>,
+    /// Continue the interrupted import of this input after its last committed chunk.
+    #[arg(long)]
+    pub resume: bool,
+    /// Import an input again although it was imported before.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// Lines per chunk (one transaction each).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub chunk_size: u32,
+    /// Where rejected lines go (default: FILE.rejects, or import-ID.rejects for stdin).
+    #[arg(long)]
+    pub rejects: Option<std::path::PathBuf>,
+    /// Print the summary as one JSON object on standard output.
+    #[arg(long)]
+    pub json: bool,
+    /// Migrate the contact table of the NestJS/TypeORM implementation at this
+    /// PostgreSQL URL into this (empty) database.
+    #[arg(long, value_name = "URL")]
+    pub from_postgres: Option<Secret>,
+    /// The old implementation's table (NAME or SCHEMA.NAME).
+    #[arg(long, default_value = "contact", requires = "from_postgres")]
+    pub table: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportFormat {
+    Ndjson,
+    Csv,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]

@@ -13,6 +13,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod graphql;
+pub mod import;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;

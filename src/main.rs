@@ -4,9 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use identity_reconciliation::auth::{self, AuthMode, Scope};
-use identity_reconciliation::config::{Cli, Command, Config, KeysCommand, Secret};
+use identity_reconciliation::config::{
+    Cli, Command, Config, ImportArgs, ImportFormat, KeysCommand, Secret,
+};
 use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use identity_reconciliation::{app, db, graphql, openapi, telemetry};
+use identity_reconciliation::{app, db, graphql, import, openapi, service, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
         | Command::Migrate
         | Command::Check { .. }
         | Command::Erase { .. }
+        | Command::Import(_)
         | Command::Keys { .. } => {}
     }
     telemetry::init(cli.config.log_format);
@@ -120,6 +123,7 @@ async fn run_async(command: Command, config: Config) -> Result<ExitCode, String>
             phone,
             primary_contact_id,
         } => return erase(&pool, email, phone, primary_contact_id).await,
+        Command::Import(args) => return import(&pool, &config, args).await,
         _ => {}
     }
     config.validate()?;
@@ -176,6 +180,48 @@ async fn announce_access(state: &app::AppState, config: &Config) -> Result<(), S
         ),
     }
     Ok(())
+}
+
+/// `import FILE` or `import --from-postgres URL` (docs/SPEC.md §13.1, §13.2).
+async fn import(pool: &db::DbPool, config: &Config, args: ImportArgs) -> Result<ExitCode, String> {
+    let rules = config.block_rules().map_err(|err| err.to_string())?;
+    let policy = service::Policy {
+        rules: std::sync::Arc::new(rules),
+        limits: config.identity_limits(),
+    };
+    if let Some(url) = &args.from_postgres {
+        let report = import::nest::migrate(pool, url.expose(), &args.table, policy.limits).await?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string(&report).map_err(|err| err.to_string())?
+            );
+        } else {
+            print!("{}", report.human());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let options = import::Options {
+        source: args.file.unwrap_or_else(|| "-".to_owned()),
+        format: args.format.map(|format| match format {
+            ImportFormat::Ndjson => import::source::Format::Ndjson,
+            ImportFormat::Csv => import::source::Format::Csv,
+        }),
+        resume: args.resume,
+        force: args.force,
+        chunk_size: args.chunk_size as usize,
+        rejects: args.rejects,
+    };
+    let summary = import::run(pool, &policy, &options).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&summary).map_err(|err| err.to_string())?
+        );
+    } else {
+        print!("{}", summary.human());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `keys create | list | revoke`.

@@ -159,6 +159,25 @@ pub async fn fresh_rows(
     .await
 }
 
+#[derive(Debug, QueryableByName)]
+struct FreshId {
+    #[diesel(sql_type = Int4)]
+    id: i32,
+}
+
+/// `count` ids from the contacts' sequence, in order, for rows whose creation
+/// times are given.
+pub async fn fresh_ids(mut conn: &AsyncPgConnection, count: i64) -> diesel::QueryResult<Vec<i32>> {
+    let rows: Vec<FreshId> = diesel::sql_query(
+        "SELECT nextval(pg_get_serial_sequence('contacts', 'id'))::int4 AS id \
+         FROM generate_series(1, $1) ORDER BY 1",
+    )
+    .bind::<BigInt, _>(count)
+    .load(&mut conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| row.id).collect())
+}
+
 /// The rows a batch inserts, as they end.
 #[derive(Debug, Default)]
 pub struct NewRows {
@@ -167,6 +186,7 @@ pub struct NewRows {
     pub phones: Vec<Option<String>>,
     pub linked_ids: Vec<Option<i32>>,
     pub created_at: Vec<DateTime<Utc>>,
+    pub updated_at: Vec<DateTime<Utc>>,
 }
 
 pub async fn insert_contacts(
@@ -181,38 +201,49 @@ pub async fn insert_contacts(
              (id, email, phone_number, linked_id, link_precedence, created_at, updated_at) \
          SELECT id, email, phone, linked_id, \
                 CASE WHEN linked_id IS NULL THEN 'primary' ELSE 'secondary' END::link_precedence, \
-                at, at \
-         FROM unnest($1::int4[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[]) \
-             AS r(id, email, phone, linked_id, at)",
+                at, updated \
+         FROM unnest($1::int4[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[], \
+                     $6::timestamptz[]) \
+             AS r(id, email, phone, linked_id, at, updated)",
     )
     .bind::<Array<Int4>, _>(&rows.ids)
     .bind::<Array<Nullable<Text>>, _>(&rows.emails)
     .bind::<Array<Nullable<Text>>, _>(&rows.phones)
     .bind::<Array<Nullable<Int4>>, _>(&rows.linked_ids)
     .bind::<Array<Timestamptz>, _>(&rows.created_at)
+    .bind::<Array<Timestamptz>, _>(&rows.updated_at)
     .execute(&mut conn)
     .await?;
     Ok(())
 }
 
+/// A demoted stored primary, the primary it ends under, and when it moved.
+#[derive(Debug, Clone, Copy)]
+pub struct Relink {
+    pub from: i32,
+    pub to: i32,
+    pub at: DateTime<Utc>,
+}
+
 /// Moves each demoted primary, and every row linked to it (soft-deleted ones
 /// too, so that no link is two levels deep), under its final primary.
-pub async fn relink(
-    mut conn: &AsyncPgConnection,
-    demoted: &[(i32, i32)],
-) -> diesel::QueryResult<()> {
+pub async fn relink(mut conn: &AsyncPgConnection, demoted: &[Relink]) -> diesel::QueryResult<()> {
     if demoted.is_empty() {
         return Ok(());
     }
-    let (from, to): (Vec<i32>, Vec<i32>) = demoted.iter().copied().unzip();
+    let from: Vec<i32> = demoted.iter().map(|relink| relink.from).collect();
+    let to: Vec<i32> = demoted.iter().map(|relink| relink.to).collect();
+    let at: Vec<DateTime<Utc>> = demoted.iter().map(|relink| relink.at).collect();
     diesel::sql_query(
         "UPDATE contacts c \
-         SET linked_id = m.to_id, link_precedence = 'secondary', updated_at = clock_timestamp() \
-         FROM unnest($1::int4[], $2::int4[]) AS m(from_id, to_id) \
+         SET linked_id = m.to_id, link_precedence = 'secondary', \
+             updated_at = greatest(c.updated_at, m.at) \
+         FROM unnest($1::int4[], $2::int4[], $3::timestamptz[]) AS m(from_id, to_id, at) \
          WHERE c.id = m.from_id OR c.linked_id = m.from_id",
     )
     .bind::<Array<Int4>, _>(&from)
     .bind::<Array<Int4>, _>(&to)
+    .bind::<Array<Timestamptz>, _>(&at)
     .execute(&mut conn)
     .await?;
     Ok(())

@@ -82,6 +82,14 @@ const CHECKS: &[(&str, &str)] = &[
          FROM erasures e CROSS JOIN LATERAL unnest(e.contact_ids) AS erased(id) \
          JOIN contacts c ON c.id = erased.id",
     ),
+    (
+        "imports: every import's counts add up",
+        "SELECT format('import %s: %s orders read, %s applied, %s rejected, %s lines done', \
+                id, orders_read, orders_applied, orders_rejected, lines_done) AS detail \
+         FROM imports \
+         WHERE orders_read <> orders_applied + orders_rejected OR orders_read > lines_done \
+            OR identities_created + held > orders_applied",
+    ),
 ];
 
 /// How many examples each report carries.

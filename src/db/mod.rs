@@ -9,6 +9,7 @@ pub mod embedded;
 pub mod erasure;
 mod error;
 pub mod graph;
+pub mod imports;
 pub mod invariants;
 pub mod prepared;
 pub mod schema;

@@ -109,6 +109,22 @@ impl BatchWorld {
             .collect()
     }
 
+    /// The creation time of the newest member of the identities `request` reaches.
+    pub fn newest_matched(&self, request: &IdentifyRequest) -> Option<DateTime<Utc>> {
+        let holders = request
+            .email()
+            .and_then(|email| self.by_email.get(email))
+            .into_iter()
+            .chain(request.phone().and_then(|phone| self.by_phone.get(phone)))
+            .flatten();
+        let primaries: BTreeSet<i32> = holders.map(|id| self.contacts[id].primary_id()).collect();
+        primaries
+            .iter()
+            .flat_map(|primary| &self.members[primary])
+            .map(|id| self.contacts[id].created_at)
+            .max()
+    }
+
     /// Applies `request` as a single call would, with a fresh id and creation time
     /// from `fresh` for each row it inserts.
     pub fn apply(
@@ -209,6 +225,12 @@ impl BatchWorld {
         self.members.entry(primary_id).or_default().extend(moved);
     }
 
+    /// The time of the orders applied from now on: rows they re-link show it as
+    /// their `updated_at`.
+    pub fn set_clock(&mut self, now: DateTime<Utc>) {
+        self.now = now;
+    }
+
     /// The rows the batch inserted, as they stand at its end.
     pub fn inserted(&self) -> Vec<Contact> {
         self.inserted
@@ -217,13 +239,18 @@ impl BatchWorld {
             .collect()
     }
 
-    /// Loaded primaries the batch demoted, each with the primary it ends under:
-    /// in the database, each and every row linked to it (soft-deleted ones too)
-    /// move there.
-    pub fn demoted(&self) -> Vec<(i32, i32)> {
+    /// Loaded primaries the batch demoted, each with the primary it ends under and
+    /// the time it last moved: in the database, each and every row linked to it
+    /// (soft-deleted ones too) move there.
+    pub fn demoted(&self) -> Vec<(i32, i32, DateTime<Utc>)> {
         self.loaded_primaries
             .iter()
-            .filter_map(|id| self.contacts[id].linked_id.map(|primary| (*id, primary)))
+            .filter_map(|id| {
+                let contact = &self.contacts[id];
+                contact
+                    .linked_id
+                    .map(|primary| (*id, primary, contact.updated_at))
+            })
             .collect()
     }
 
@@ -396,9 +423,9 @@ mod tests {
             let mut written: Vec<Contact> = stored
                 .into_iter()
                 .map(|mut row| {
-                    if let Some((_, to)) = demoted
+                    if let Some((_, to, _)) = demoted
                         .iter()
-                        .find(|(from, _)| row.id == *from || row.linked_id == Some(*from))
+                        .find(|(from, _, _)| row.id == *from || row.linked_id == Some(*from))
                     {
                         row.linked_id = Some(*to);
                     }

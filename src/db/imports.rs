@@ -1,0 +1,258 @@
+//! The `imports` table (docs/SPEC.md §13.1): each import's committed point, written
+//! in the same transaction as the chunk that reached it.
+
+use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
+use diesel::sql_types::{Array, BigInt, Bool, Int8, Nullable, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+/// The id sequences an import draws from, in the order `sequences` stores them.
+const SEQUENCES: [(&str, &str); 4] = [
+    ("contacts", "id"),
+    ("identity_events", "id"),
+    ("identity_changes", "id"),
+    ("held_requests", "id"),
+];
+
+#[derive(Debug, Clone, QueryableByName)]
+pub struct ImportRecord {
+    #[diesel(sql_type = Int8)]
+    pub id: i64,
+    #[diesel(sql_type = Text)]
+    pub source: String,
+    #[diesel(sql_type = Int8)]
+    pub lines_done: i64,
+    #[diesel(sql_type = Int8)]
+    pub bytes_done: i64,
+    #[diesel(sql_type = Text)]
+    pub prefix_sha256: String,
+    #[diesel(sql_type = Int8)]
+    pub orders_read: i64,
+    #[diesel(sql_type = Int8)]
+    pub orders_applied: i64,
+    #[diesel(sql_type = Int8)]
+    pub orders_rejected: i64,
+    #[diesel(sql_type = Int8)]
+    pub identities_created: i64,
+    #[diesel(sql_type = Int8)]
+    pub merges: i64,
+    #[diesel(sql_type = Int8)]
+    pub held: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub last_ordered_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Array<Int8>)]
+    pub sequences: Vec<i64>,
+    #[diesel(sql_type = Timestamptz)]
+    pub started_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub updated_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, source, lines_done, bytes_done, prefix_sha256, orders_read, \
+     orders_applied, orders_rejected, identities_created, merges, held, last_ordered_at, \
+     sequences, started_at, updated_at, finished_at";
+
+/// The latest import of the input with this fingerprint.
+pub async fn latest(
+    conn: &mut AsyncPgConnection,
+    fingerprint: &str,
+) -> diesel::QueryResult<Option<ImportRecord>> {
+    diesel::sql_query(format!(
+        "SELECT {COLUMNS} FROM imports WHERE fingerprint = $1 ORDER BY id DESC LIMIT 1"
+    ))
+    .bind::<Text, _>(fingerprint)
+    .get_result(conn)
+    .await
+    .map(Some)
+    .or_else(|err| match err {
+        diesel::result::Error::NotFound => Ok(None),
+        other => Err(other),
+    })
+}
+
+/// Starts recording an import; nothing of it is committed yet.
+pub async fn start(
+    conn: &mut AsyncPgConnection,
+    fingerprint: &str,
+    source: &str,
+    format: &str,
+    empty_prefix_sha256: &str,
+) -> diesel::QueryResult<ImportRecord> {
+    diesel::sql_query(format!(
+        "INSERT INTO imports (fingerprint, source, format, prefix_sha256) \
+         VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+    ))
+    .bind::<Text, _>(fingerprint)
+    .bind::<Text, _>(source)
+    .bind::<Text, _>(format)
+    .bind::<Text, _>(empty_prefix_sha256)
+    .get_result(conn)
+    .await
+}
+
+/// Where a chunk leaves its import; the counts are the chunk's own.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub lines_done: i64,
+    pub bytes_done: i64,
+    pub prefix_sha256: String,
+    pub last_ordered_at: Option<DateTime<Utc>>,
+    pub read: i64,
+    pub applied: i64,
+    pub rejected: i64,
+    pub identities_created: i64,
+    pub merges: i64,
+    pub held: i64,
+}
+
+/// Records a chunk's progress and the sequences as it leaves them (inside the
+/// chunk's transaction).
+pub async fn advance(
+    mut conn: &AsyncPgConnection,
+    import_id: i64,
+    progress: &Progress,
+) -> diesel::QueryResult<()> {
+    let sequences = SEQUENCES
+        .iter()
+        .map(|(table, column)| {
+            format!(
+                "(SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END \
+                  FROM {})",
+                sequence_name(table, column)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    diesel::sql_query(format!(
+        "UPDATE imports SET lines_done = $2, bytes_done = $3, prefix_sha256 = $4, \
+             last_ordered_at = coalesce($5, last_ordered_at), \
+             orders_read = orders_read + $6, orders_applied = orders_applied + $7, \
+             orders_rejected = orders_rejected + $8, \
+             identities_created = identities_created + $9, merges = merges + $10, \
+             held = held + $11, sequences = ARRAY[{sequences}], \
+             updated_at = clock_timestamp() \
+         WHERE id = $1"
+    ))
+    .bind::<Int8, _>(import_id)
+    .bind::<Int8, _>(progress.lines_done)
+    .bind::<Int8, _>(progress.bytes_done)
+    .bind::<Text, _>(&progress.prefix_sha256)
+    .bind::<Nullable<Timestamptz>, _>(progress.last_ordered_at)
+    .bind::<Int8, _>(progress.read)
+    .bind::<Int8, _>(progress.applied)
+    .bind::<Int8, _>(progress.rejected)
+    .bind::<Int8, _>(progress.identities_created)
+    .bind::<Int8, _>(progress.merges)
+    .bind::<Int8, _>(progress.held)
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn finish(
+    conn: &mut AsyncPgConnection,
+    import_id: i64,
+) -> diesel::QueryResult<ImportRecord> {
+    diesel::sql_query(format!(
+        "UPDATE imports SET finished_at = clock_timestamp(), updated_at = clock_timestamp() \
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind::<Int8, _>(import_id)
+    .get_result(conn)
+    .await
+}
+
+/// Locks `contacts` against every writer for the rest of the transaction; plain
+/// reads go on. Single calls, batches and repairs lock rows of `contacts` (or
+/// insert into it) before anything they could make a chunk wait for, so a chunk
+/// that takes this first can neither deadlock with them nor interleave.
+pub async fn lock_contacts(mut conn: &AsyncPgConnection) -> diesel::QueryResult<()> {
+    diesel::sql_query("LOCK TABLE contacts IN EXCLUSIVE MODE")
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, QueryableByName)]
+struct Restored {
+    #[diesel(sql_type = Bool)]
+    restored: bool,
+}
+
+/// Puts the id sequences back where an interrupted import's last chunk left them,
+/// if no row was written with a later id since (the killed chunk's draws are then
+/// the only ones past them). Inside a chunk's transaction, after `lock_contacts`:
+/// every writer of these tables waits for it.
+pub async fn restore_sequences(
+    mut conn: &AsyncPgConnection,
+    sequences: &[i64],
+) -> diesel::QueryResult<bool> {
+    if sequences.len() != SEQUENCES.len() {
+        return Ok(false);
+    }
+    let untouched = SEQUENCES
+        .iter()
+        .zip(sequences)
+        .map(|((table, column), at)| {
+            format!("coalesce((SELECT max({column}) FROM {table}), 0) <= {at}")
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let resets = SEQUENCES
+        .iter()
+        .zip(sequences)
+        .map(|((table, column), at)| {
+            let name = sequence_name(table, column);
+            if *at > 0 {
+                format!("setval('{name}', {at}, true)")
+            } else {
+                format!("setval('{name}', 1, false)")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let row: Restored = diesel::sql_query(format!("SELECT {untouched} AS restored"))
+        .get_result(&mut conn)
+        .await?;
+    if row.restored {
+        diesel::sql_query(format!("SELECT {resets}"))
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(row.restored)
+}
+
+/// The newest creation time stored: a fresh import's `orderedAt` may not be older.
+pub async fn newest_contact(
+    conn: &mut AsyncPgConnection,
+) -> diesel::QueryResult<Option<DateTime<Utc>>> {
+    #[derive(QueryableByName)]
+    struct Newest {
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        at: Option<DateTime<Utc>>,
+    }
+    let newest: Newest = diesel::sql_query("SELECT max(created_at) AS at FROM contacts")
+        .get_result(conn)
+        .await?;
+    Ok(newest.at)
+}
+
+/// How many contacts are stored (the migration wants none).
+pub async fn contact_count(conn: &mut AsyncPgConnection) -> diesel::QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let count: Count = diesel::sql_query("SELECT count(*) AS count FROM contacts")
+        .get_result(conn)
+        .await?;
+    Ok(count.count)
+}
+
+/// The serial columns' sequences keep PostgreSQL's default names.
+fn sequence_name(table: &str, column: &str) -> String {
+    format!("{table}_{column}_seq")
+}
