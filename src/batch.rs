@@ -294,15 +294,8 @@ fn ledger_rows(
     let mut changes = ChangeRows::default();
     let mut change = |kind: &'static str, primaries: &[i32], contacts: &[i32]| {
         changes.kinds.push(kind);
-        let position = changes.kinds.len() as i64;
-        changes.primary_ids.extend_from_slice(primaries);
-        changes
-            .primary_of
-            .extend(std::iter::repeat_n(position, primaries.len()));
-        changes.contact_ids.extend_from_slice(contacts);
-        changes
-            .contact_of
-            .extend(std::iter::repeat_n(position, contacts.len()));
+        changes.primary_ids.push(array_literal(primaries));
+        changes.contact_ids.push(array_literal(contacts));
     };
     for (index, request, step) in steps {
         match step {
@@ -374,6 +367,21 @@ fn ledger_rows(
         }
     }
     (ledger, changes)
+}
+
+/// `{1,2,3}`: PostgreSQL's text form of an int4 array. A change's arrays travel as
+/// text because an array parameter must be rectangular.
+fn array_literal(ids: &[i32]) -> String {
+    let mut text = String::with_capacity(2 + ids.len() * 8);
+    text.push('{');
+    for (at, id) in ids.iter().enumerate() {
+        if at > 0 {
+            text.push(',');
+        }
+        text.push_str(&id.to_string());
+    }
+    text.push('}');
+    text
 }
 
 /// Provisional ids (above `base`) to the real ones drawn for the rows inserted,

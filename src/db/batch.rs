@@ -166,16 +166,19 @@ struct FreshId {
 }
 
 /// `count` ids from the contacts' sequence, in order, for rows whose creation
-/// times are given.
+/// times are given: one block, reserved in one statement. Only for a caller that
+/// holds `contacts` in `EXCLUSIVE` mode: every other drawer of these ids (an
+/// insert, a batch) waits for that lock first, so nobody draws in between.
 pub async fn fresh_ids(mut conn: &AsyncPgConnection, count: i64) -> diesel::QueryResult<Vec<i32>> {
-    let rows: Vec<FreshId> = diesel::sql_query(
-        "SELECT nextval(pg_get_serial_sequence('contacts', 'id'))::int4 AS id \
-         FROM generate_series(1, $1) ORDER BY 1",
+    let row: FreshId = diesel::sql_query(
+        "SELECT (setval(pg_get_serial_sequence('contacts', 'id'), \
+                        nextval(pg_get_serial_sequence('contacts', 'id')) + $1 - 1) \
+                 - $1 + 1)::int4 AS id",
     )
     .bind::<BigInt, _>(count)
-    .load(&mut conn)
+    .get_result(&mut conn)
     .await?;
-    Ok(rows.into_iter().map(|row| row.id).collect())
+    Ok((0..count as i32).map(|offset| row.id + offset).collect())
 }
 
 /// The rows a batch inserts, as they end.
@@ -311,19 +314,31 @@ pub struct LedgerRows {
 #[derive(Debug, Default)]
 pub struct ChangeRows {
     pub kinds: Vec<&'static str>,
-    /// Each change's primaries and contacts, flattened with their change's position.
-    pub primary_ids: Vec<i32>,
-    pub primary_of: Vec<i64>,
-    pub contact_ids: Vec<i32>,
-    pub contact_of: Vec<i64>,
+    /// Each change's primaries and contacts, as int4 array literals (`{1,2}`).
+    pub primary_ids: Vec<String>,
+    pub contact_ids: Vec<String>,
 }
 
 /// Writes the ledger rows and the change events, each in one statement, in order;
 /// every row carries the batch's request id.
 pub async fn record(
-    mut conn: &AsyncPgConnection,
+    conn: &AsyncPgConnection,
     ledger: &LedgerRows,
     changes: &ChangeRows,
+    request_id: Option<&str>,
+) -> diesel::QueryResult<()> {
+    // Pipelined: sent together, run in order.
+    futures_util::future::try_join(
+        record_ledger(conn, ledger, request_id),
+        record_changes(conn, changes, request_id),
+    )
+    .await
+    .map(drop)
+}
+
+async fn record_ledger(
+    mut conn: &AsyncPgConnection,
+    ledger: &LedgerRows,
     request_id: Option<&str>,
 ) -> diesel::QueryResult<()> {
     if !ledger.kinds.is_empty() {
@@ -350,28 +365,26 @@ pub async fn record(
         .execute(&mut conn)
         .await?;
     }
+    Ok(())
+}
+
+async fn record_changes(
+    mut conn: &AsyncPgConnection,
+    changes: &ChangeRows,
+    request_id: Option<&str>,
+) -> diesel::QueryResult<()> {
     if !changes.kinds.is_empty() {
         let kinds: Vec<&str> = changes.kinds.clone();
         diesel::sql_query(
-            "WITH p AS ( \
-                 SELECT of, array_agg(id ORDER BY k) AS ids \
-                 FROM unnest($2::int4[], $3::int8[]) WITH ORDINALITY AS p(id, of, k) \
-                 GROUP BY of), \
-             m AS ( \
-                 SELECT of, array_agg(id ORDER BY k) AS ids \
-                 FROM unnest($4::int4[], $5::int8[]) WITH ORDINALITY AS m(id, of, k) \
-                 GROUP BY of) \
-             INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
-             SELECT c.kind, coalesce(p.ids, '{}'), coalesce(m.ids, '{}'), $6 \
-             FROM unnest($1::text[]) WITH ORDINALITY AS c(kind, n) \
-             LEFT JOIN p ON p.of = c.n LEFT JOIN m ON m.of = c.n \
-             ORDER BY c.n",
+            "INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
+             SELECT kind, primary_ids::int4[], contact_ids::int4[], $4 \
+             FROM unnest($1::text[], $2::text[], $3::text[]) \
+                 WITH ORDINALITY AS c(kind, primary_ids, contact_ids, n) \
+             ORDER BY n",
         )
         .bind::<Array<Text>, _>(&kinds)
-        .bind::<Array<Int4>, _>(&changes.primary_ids)
-        .bind::<Array<Int8>, _>(&changes.primary_of)
-        .bind::<Array<Int4>, _>(&changes.contact_ids)
-        .bind::<Array<Int8>, _>(&changes.contact_of)
+        .bind::<Array<Text>, _>(&changes.primary_ids)
+        .bind::<Array<Text>, _>(&changes.contact_ids)
         .bind::<Nullable<Text>, _>(request_id)
         .execute(&mut conn)
         .await?;

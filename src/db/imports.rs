@@ -72,6 +72,25 @@ pub async fn latest(
     })
 }
 
+/// The latest unfinished import of `source` (a path as the operator named it).
+pub async fn interrupted_from(
+    conn: &mut AsyncPgConnection,
+    source: &str,
+) -> diesel::QueryResult<Option<ImportRecord>> {
+    diesel::sql_query(format!(
+        "SELECT {COLUMNS} FROM imports WHERE source = $1 AND finished_at IS NULL \
+         ORDER BY id DESC LIMIT 1"
+    ))
+    .bind::<Text, _>(source)
+    .get_result(conn)
+    .await
+    .map(Some)
+    .or_else(|err| match err {
+        diesel::result::Error::NotFound => Ok(None),
+        other => Err(other),
+    })
+}
+
 /// Starts recording an import; nothing of it is committed yet.
 pub async fn start(
     conn: &mut AsyncPgConnection,

@@ -141,9 +141,18 @@ pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Su
         .map_err(|err| format!("cannot read {}: {err}", options.source))?;
 
     let mut conn = pool.get().await.map_err(|err| err.to_string())?;
-    let previous = imports::latest(&mut conn, &fingerprint)
+    let mut previous = imports::latest(&mut conn, &fingerprint)
         .await
         .map_err(|err| err.to_string())?;
+    if options.resume && previous.as_ref().is_none_or(|p| p.finished_at.is_some()) {
+        // Fixed where the import stopped, within its first 64 KiB: the same source's
+        // interrupted import, if its committed bytes are still those of the input
+        // (the reader checks).
+        previous = imports::interrupted_from(&mut conn, &options.source)
+            .await
+            .map_err(|err| err.to_string())?
+            .or(previous);
+    }
     let (record, resumed) = match (previous, options.resume) {
         (Some(previous), true) if previous.finished_at.is_none() => (previous, true),
         (Some(previous), true) => {

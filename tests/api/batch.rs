@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
-async fn post_batch(app: &TestApp, orders: &[Value]) -> (u16, Value) {
+pub(crate) async fn post_batch(app: &TestApp, orders: &[Value]) -> (u16, Value) {
     let response = app
         .client
         .post(app.url("/identify/batch"))
@@ -51,21 +51,21 @@ struct ChangeRow {
 }
 
 /// A contact: rank, email, phone, its primary's rank, precedence.
-type RankedRow = (usize, Option<String>, Option<String>, Option<usize>, String);
+pub(crate) type RankedRow = (usize, Option<String>, Option<String>, Option<usize>, String);
 /// A ledger row: kind, contact, primary, email, phone.
-type RankedEvent = (String, Option<usize>, usize, Option<String>, Option<String>);
+pub(crate) type RankedEvent = (String, Option<usize>, usize, Option<String>, Option<String>);
 
 /// Everything the orders left, with contact ids replaced by their rank: a batch
 /// takes an id per order up front, so its ids may have gaps single calls lack.
 #[derive(Debug, PartialEq)]
-struct Outcome {
-    rows: Vec<RankedRow>,
-    answers: Vec<Value>,
-    ledger: Vec<RankedEvent>,
-    changes: Vec<(String, Vec<usize>, Vec<usize>)>,
+pub(crate) struct Outcome {
+    pub rows: Vec<RankedRow>,
+    pub answers: Vec<Value>,
+    pub ledger: Vec<RankedEvent>,
+    pub changes: Vec<(String, Vec<usize>, Vec<usize>)>,
 }
 
-async fn outcome(app: &TestApp, answers: Vec<Value>) -> Outcome {
+pub(crate) async fn outcome(app: &TestApp, answers: Vec<Value>) -> Outcome {
     let rows = app.rows().await;
     let rank: HashMap<i32, usize> = rows
         .iter()
@@ -142,7 +142,7 @@ async fn outcome(app: &TestApp, answers: Vec<Value>) -> Outcome {
 
 /// An order over a small value space (so that orders link and merge), now and
 /// then invalid or blocked.
-fn order_strategy() -> impl Strategy<Value = Value> {
+pub(crate) fn order_strategy() -> impl Strategy<Value = Value> {
     prop_oneof![
         8 => (proptest::option::of(0..8u8), proptest::option::of(0..8u8))
             .prop_filter("a value", |(e, p)| e.is_some() || p.is_some())

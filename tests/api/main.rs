@@ -13,6 +13,7 @@ mod graph;
 mod graphql;
 mod helpers;
 mod identify;
+mod import;
 mod operations;
 mod scenarios;
 mod subscriptions;
