@@ -37,6 +37,9 @@ cargo build --release --quiet
 bin="$(pwd)/target/release/identity-reconciliation"
 rm -rf "$OUT" && mkdir -p "$OUT"
 work="$(mktemp -d)"
+# The private PostgreSQL runs as another user (PostgreSQL refuses root): it must
+# reach its data folder.
+chmod 755 "$work"
 timer=""
 if command -v /usr/bin/time >/dev/null 2>&1; then
   timer=/usr/bin/time

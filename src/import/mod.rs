@@ -231,8 +231,14 @@ pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Su
     let mut totals = Counts::default();
     let mut restore = resumed.then(|| record.sequences.clone());
     let mut lines = record.lines_done as u64;
+    let mut statistics = Statistics::new(
+        imports::estimated_contacts(&mut conn)
+            .await
+            .map_err(|err| err.to_string())?,
+    );
     let mut stopped = None;
-    let context = ChunkContext {
+    let mut context = ChunkContext {
+        table_rows: 0,
         import_id: record.id,
         request_id: format!("import-{}", record.id),
         policy,
@@ -245,6 +251,7 @@ pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Su
                 break;
             }
         };
+        context.table_rows = statistics.rows();
         let counts = apply_with_retry(&mut conn, &context, &chunk, &mut rejects, &mut restore)
             .await
             .map_err(|err| {
@@ -255,6 +262,11 @@ pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Su
             })?;
         lines = chunk.end.lines;
         totals.add(&counts);
+        if statistics.stale_after(counts.applied) {
+            imports::analyze_contacts(&mut conn)
+                .await
+                .map_err(|err| err.to_string())?;
+        }
         progress.update(chunk.end.bytes, lines, totals.read);
     }
     drop(receiver);
@@ -416,6 +428,45 @@ impl ReaderPlan {
     }
 }
 
+/// When the planner's picture of `contacts` is out of date: once the import has
+/// added as many rows as the table held when last analyzed (and at least
+/// `ANALYZE_AFTER_ORDERS`).
+struct Statistics {
+    analyzed_rows: u64,
+    since: u64,
+}
+
+/// A table this many times larger than a chunk's values is probed, never scanned
+/// (measured crossover: about 10).
+const PROBES_PER_SCAN: u64 = 10;
+
+/// Orders applied before the first fresh statistics.
+const ANALYZE_AFTER_ORDERS: u64 = 100_000;
+
+impl Statistics {
+    fn new(estimated_rows: i64) -> Self {
+        Self {
+            analyzed_rows: estimated_rows.max(0) as u64,
+            since: 0,
+        }
+    }
+
+    /// About how many rows the table holds now.
+    fn rows(&self) -> u64 {
+        self.analyzed_rows + self.since
+    }
+
+    fn stale_after(&mut self, applied: u64) -> bool {
+        self.since += applied;
+        if self.since < self.analyzed_rows.max(ANALYZE_AFTER_ORDERS) {
+            return false;
+        }
+        self.analyzed_rows += self.since;
+        self.since = 0;
+        true
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
     read: u64,
@@ -438,6 +489,8 @@ impl Counts {
 }
 
 struct ChunkContext<'a> {
+    /// About how many rows `contacts` holds.
+    table_rows: u64,
     import_id: i64,
     request_id: String,
     policy: &'a Policy,
@@ -487,7 +540,6 @@ async fn apply(
 ) -> Result<Counts, AttemptError> {
     let shared: &AsyncPgConnection = conn;
     imports::lock_contacts(shared).await?;
-    batch_sql::plan_for_index_probes(shared).await?;
     if let Some(sequences) = restore
         && !imports::restore_sequences(shared, sequences).await?
     {
@@ -516,6 +568,8 @@ async fn apply(
             .filter_map(|(_, r, _)| r.phone())
             .map(|p| p.as_str()),
     );
+    let probes_only = context.table_rows >= PROBES_PER_SCAN * (emails.len() + phones.len()) as u64;
+    imports::plan_chunk(shared, probes_only).await?;
     let (members, blocked, now) = try_join3(
         batch_sql::load_members_matching(shared, &emails, &phones),
         batch_sql::blocked_among(shared, &emails, &phones),
