@@ -190,7 +190,7 @@ async fn import(pool: &db::DbPool, config: &Config, args: ImportArgs) -> Result<
         limits: config.identity_limits(),
     };
     if let Some(url) = &args.from_postgres {
-        let report = import::nest::migrate(pool, url.expose(), &args.table, policy.limits).await?;
+        let report = import::nest::migrate(pool, url.expose(), &args.table, &policy).await?;
         if args.json {
             println!(
                 "{}",

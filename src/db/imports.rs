@@ -20,6 +20,8 @@ pub struct ImportRecord {
     pub id: i64,
     #[diesel(sql_type = Text)]
     pub source: String,
+    #[diesel(sql_type = Text)]
+    pub format: String,
     #[diesel(sql_type = Int8)]
     pub lines_done: i64,
     #[diesel(sql_type = Int8)]
@@ -50,7 +52,7 @@ pub struct ImportRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str = "id, source, lines_done, bytes_done, prefix_sha256, orders_read, \
+const COLUMNS: &str = "id, source, format, lines_done, bytes_done, prefix_sha256, orders_read, \
      orders_applied, orders_rejected, identities_created, merges, held, last_ordered_at, \
      sequences, started_at, updated_at, finished_at";
 
@@ -91,9 +93,11 @@ pub async fn interrupted_from(
     })
 }
 
-/// Starts recording an import; nothing of it is committed yet. The sequences'
-/// positions are recorded already: an import killed in its first chunk resumes
-/// with the ids it would have drawn.
+/// Starts recording an import; nothing of it is committed yet. Recorded already:
+/// the sequences' positions (an import killed in its first chunk resumes with the
+/// ids it would have drawn), the newest stored contact's time as the floor of the
+/// import's `orderedAt` (a resumed run checks the same floor), and the start time
+/// by the database's clock (no `orderedAt` may be later, whichever run reads it).
 pub async fn start(
     conn: &mut AsyncPgConnection,
     fingerprint: &str,
@@ -102,8 +106,10 @@ pub async fn start(
     empty_prefix_sha256: &str,
 ) -> diesel::QueryResult<ImportRecord> {
     diesel::sql_query(format!(
-        "INSERT INTO imports (fingerprint, source, format, prefix_sha256, sequences) \
-         VALUES ($1, $2, $3, $4, {}) RETURNING {COLUMNS}",
+        "INSERT INTO imports (fingerprint, source, format, prefix_sha256, sequences, \
+             last_ordered_at) \
+         VALUES ($1, $2, $3, $4, {}, (SELECT max(created_at) FROM contacts)) \
+         RETURNING {COLUMNS}",
         sequence_positions()
     ))
     .bind::<Text, _>(fingerprint)
@@ -137,7 +143,7 @@ pub async fn advance(
     progress: &Progress,
 ) -> diesel::QueryResult<()> {
     let sequences = sequence_positions();
-    diesel::sql_query(format!(
+    let updated = diesel::sql_query(format!(
         "UPDATE imports SET lines_done = $2, bytes_done = $3, prefix_sha256 = $4, \
              last_ordered_at = coalesce($5, last_ordered_at), \
              orders_read = orders_read + $6, orders_applied = orders_applied + $7, \
@@ -145,7 +151,7 @@ pub async fn advance(
              identities_created = identities_created + $9, merges = merges + $10, \
              held = held + $11, sequences = {sequences}, \
              updated_at = clock_timestamp() \
-         WHERE id = $1"
+         WHERE id = $1 AND finished_at IS NULL"
     ))
     .bind::<Int8, _>(import_id)
     .bind::<Int8, _>(progress.lines_done)
@@ -160,6 +166,11 @@ pub async fn advance(
     .bind::<Int8, _>(progress.held)
     .execute(&mut conn)
     .await?;
+    // Finished meanwhile (by another run that got round the claim): this chunk
+    // must not commit.
+    if updated != 1 {
+        return Err(diesel::result::Error::NotFound);
+    }
     Ok(())
 }
 
@@ -174,6 +185,32 @@ pub async fn finish(
     .bind::<Int8, _>(import_id)
     .get_result(conn)
     .await
+}
+
+#[derive(Debug, QueryableByName)]
+struct Taken {
+    #[diesel(sql_type = Bool)]
+    taken: bool,
+}
+
+/// Claims the input for this process (a session lock, until `release`): two runs
+/// of one import would apply its chunks twice.
+pub async fn claim(conn: &mut AsyncPgConnection, fingerprint: &str) -> diesel::QueryResult<bool> {
+    let row: Taken = diesel::sql_query(
+        "SELECT pg_try_advisory_lock(hashtextextended('import:' || $1, 0)) AS taken",
+    )
+    .bind::<Text, _>(fingerprint)
+    .get_result(conn)
+    .await?;
+    Ok(row.taken)
+}
+
+pub async fn release(conn: &mut AsyncPgConnection, fingerprint: &str) -> diesel::QueryResult<()> {
+    diesel::sql_query("SELECT pg_advisory_unlock(hashtextextended('import:' || $1, 0))")
+        .bind::<Text, _>(fingerprint)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Locks `contacts` against every writer for the rest of the transaction; plain
@@ -220,8 +257,8 @@ struct Restored {
 
 /// Puts the id sequences back where an interrupted import's last chunk left them,
 /// if no row was written with a later id since (the killed chunk's draws are then
-/// the only ones past them). Inside a chunk's transaction, after `lock_contacts`:
-/// every writer of these tables waits for it.
+/// the only ones past them). Inside a chunk's transaction, after `lock_contacts`;
+/// it locks the other tables against writers too.
 pub async fn restore_sequences(
     mut conn: &AsyncPgConnection,
     sequences: &[i64],
@@ -250,6 +287,13 @@ pub async fn restore_sequences(
         })
         .collect::<Vec<_>>()
         .join(", ");
+    // Writers that draw these ids without touching `contacts` (unblocking, rejecting
+    // a held request, erasing a value no contact holds) finish before the check.
+    diesel::sql_query(
+        "LOCK TABLE identity_events, identity_changes, held_requests IN EXCLUSIVE MODE",
+    )
+    .execute(&mut conn)
+    .await?;
     let row: Restored = diesel::sql_query(format!("SELECT {untouched} AS restored"))
         .get_result(&mut conn)
         .await?;
@@ -259,21 +303,6 @@ pub async fn restore_sequences(
             .await?;
     }
     Ok(row.restored)
-}
-
-/// The newest creation time stored: a fresh import's `orderedAt` may not be older.
-pub async fn newest_contact(
-    conn: &mut AsyncPgConnection,
-) -> diesel::QueryResult<Option<DateTime<Utc>>> {
-    #[derive(QueryableByName)]
-    struct Newest {
-        #[diesel(sql_type = Nullable<Timestamptz>)]
-        at: Option<DateTime<Utc>>,
-    }
-    let newest: Newest = diesel::sql_query("SELECT max(created_at) AS at FROM contacts")
-        .get_result(conn)
-        .await?;
-    Ok(newest.at)
 }
 
 /// PostgreSQL's estimate of the rows in `contacts`, as of its last statistics.

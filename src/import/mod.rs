@@ -120,8 +120,6 @@ enum Item {
 
 /// Runs an import to its end; an error says what stopped it and what was committed.
 pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Summary, String> {
-    let started = Instant::now();
-    let started_at = Utc::now();
     let (input, total_bytes): (Box<dyn Read + Send>, Option<u64>) = if options.source == "-" {
         (Box::new(io::stdin()), None)
     } else {
@@ -134,21 +132,49 @@ pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Su
             .map(|m| m.len());
         (Box::new(file), size)
     };
-    let format = options
-        .format
-        .unwrap_or_else(|| Format::of_path(&options.source));
     let (fingerprint, _, input) = source::fingerprint(input)
         .map_err(|err| format!("cannot read {}: {err}", options.source))?;
 
     let mut conn = pool.get().await.map_err(|err| err.to_string())?;
-    let mut previous = imports::latest(&mut conn, &fingerprint)
+    if !imports::claim(&mut conn, &fingerprint)
+        .await
+        .map_err(|err| err.to_string())?
+    {
+        return Err("another import of this input is running against this database".to_owned());
+    }
+    let result = run_claimed(
+        pool,
+        &mut conn,
+        policy,
+        options,
+        input,
+        total_bytes,
+        &fingerprint,
+    )
+    .await;
+    let _ = imports::release(&mut conn, &fingerprint).await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_claimed(
+    pool: &DbPool,
+    conn: &mut AsyncPgConnection,
+    policy: &Policy,
+    options: &Options,
+    input: impl Read + Send + 'static,
+    total_bytes: Option<u64>,
+    fingerprint: &str,
+) -> Result<Summary, String> {
+    let started = Instant::now();
+    let mut previous = imports::latest(conn, fingerprint)
         .await
         .map_err(|err| err.to_string())?;
     if options.resume && previous.as_ref().is_none_or(|p| p.finished_at.is_some()) {
         // Fixed where the import stopped, within its first 64 KiB: the same source's
         // interrupted import, if its committed bytes are still those of the input
         // (the reader checks).
-        previous = imports::interrupted_from(&mut conn, &options.source)
+        previous = imports::interrupted_from(conn, &options.source)
             .await
             .map_err(|err| err.to_string())?
             .or(previous);
@@ -168,10 +194,10 @@ pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Su
                     .to_owned(),
             );
         }
-        (Some(previous), false) if previous.finished_at.is_none() => {
+        (Some(previous), false) if previous.finished_at.is_none() && !options.force => {
             return Err(format!(
                 "import #{} of this input was interrupted after line {} (last commit at {}): \
-                 pass --resume to continue it",
+                 pass --resume to continue it (or --force to start it over)",
                 previous.id, previous.lines_done, previous.updated_at
             ));
         }
@@ -184,9 +210,12 @@ pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Su
             ));
         }
         (_, false) => {
+            let format = options
+                .format
+                .unwrap_or_else(|| Format::of_path(&options.source));
             let record = imports::start(
-                &mut conn,
-                &fingerprint,
+                conn,
+                fingerprint,
                 &options.source,
                 format.as_str(),
                 &source::empty_prefix(),
@@ -196,13 +225,21 @@ pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Su
             (record, false)
         }
     };
-    let floor = if resumed {
-        record.last_ordered_at
+    let format = if record.format == Format::Csv.as_str() {
+        Format::Csv
     } else {
-        imports::newest_contact(&mut conn)
-            .await
-            .map_err(|err| err.to_string())?
+        Format::Ndjson
     };
+    if let Some(asked) = options.format
+        && asked != format
+    {
+        return Err(format!(
+            "import #{} reads this input as {}: resume it without --format {}",
+            record.id,
+            format.as_str(),
+            asked.as_str()
+        ));
+    }
 
     let rejects_path = options.rejects.clone().unwrap_or_else(|| {
         if options.source == "-" {
@@ -217,8 +254,8 @@ pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Su
     let (sender, mut receiver) = mpsc::channel(2);
     let reader = ReaderPlan {
         chunk_size: options.chunk_size.clamp(1, MAX_CHUNK_SIZE),
-        floor,
-        started_at,
+        floor: record.last_ordered_at,
+        started_at: record.started_at,
         resume: resumed.then(|| record.clone()),
     };
     let input = BufReader::with_capacity(1 << 20, input);
@@ -232,7 +269,7 @@ pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Su
     let mut restore = resumed.then(|| record.sequences.clone());
     let mut lines = record.lines_done as u64;
     let mut statistics = Statistics::new(
-        imports::estimated_contacts(&mut conn)
+        imports::estimated_contacts(conn)
             .await
             .map_err(|err| err.to_string())?,
     );
@@ -252,18 +289,17 @@ pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Su
             }
         };
         context.table_rows = statistics.rows();
-        let counts = apply_with_retry(&mut conn, &context, &chunk, &mut rejects, &mut restore)
+        let counts = apply_with_retry(conn, &context, &chunk, &mut rejects, &mut restore)
             .await
-            .map_err(|err| {
-                format!(
-                    "{err}; lines 1–{lines} are imported, the rest is not: fix the cause and \
-                     run again with --resume"
-                )
-            })?;
+            .map_err(|err| format!("{err}; {}", committed(lines, record.id)))?;
+        // Servers' subscribers hear of the chunk now rather than at their next poll.
+        if let Err(error) = crate::changefeed::announce(pool).await {
+            tracing::debug!(%error, "could not announce the chunk to running servers");
+        }
         lines = chunk.end.lines;
         totals.add(&counts);
         if statistics.stale_after(counts.applied) {
-            imports::analyze_contacts(&mut conn)
+            imports::analyze_contacts(conn)
                 .await
                 .map_err(|err| err.to_string())?;
         }
@@ -273,13 +309,9 @@ pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Su
     let _ = thread.join();
     progress.finish();
     if let Some(message) = stopped {
-        return Err(format!(
-            "{message}. Lines 1–{lines} are imported (import #{}); once the input is fixed \
-             after that point, run again with --resume to continue",
-            record.id
-        ));
+        return Err(format!("{message}. {}", committed(lines, record.id)));
     }
-    imports::finish(&mut conn, record.id)
+    imports::finish(conn, record.id)
         .await
         .map_err(|err| err.to_string())?;
     let elapsed = started.elapsed().as_secs_f64();
@@ -300,6 +332,21 @@ pub async fn run(pool: &DbPool, policy: &Policy, options: &Options) -> Result<Su
             .written()
             .then(|| rejects.path.display().to_string()),
     })
+}
+
+/// What an interrupted import has committed, and how to go on.
+fn committed(lines: u64, import_id: i64) -> String {
+    if lines == 0 {
+        format!(
+            "Nothing is imported yet (import #{import_id}); once the cause is fixed, run again \
+             with --resume"
+        )
+    } else {
+        format!(
+            "Lines 1–{lines} are imported (import #{import_id}), the rest is not; once the \
+             cause is fixed (in the input: after line {lines}), run again with --resume"
+        )
+    }
 }
 
 /// What the reader thread needs: where to start and what the times must respect.
@@ -379,8 +426,9 @@ impl ReaderPlan {
                             floor.to_rfc3339()
                         ),
                         None if self.resume.is_some() => format!(
-                            "line {}: orderedAt {} is earlier than {}, the latest this import \
-                             committed: orderedAt must not go backwards",
+                            "line {}: orderedAt {} is earlier than {}, where this import \
+                             stands (its latest committed orderedAt, or the newest contact \
+                             stored when it started): orderedAt must not go backwards",
                             order.line,
                             at.to_rfc3339(),
                             floor.to_rfc3339()
@@ -598,14 +646,11 @@ async fn apply(
         read: chunk.orders.len() as u64,
         ..Counts::default()
     };
-    for order in &chunk.orders {
-        if let Err(reason) = &order.parsed {
-            rejects
-                .write(order, reason)
-                .map_err(|err| AttemptError::Refused(ServiceError::Refused(err.to_string())))?;
-            counts.rejected += 1;
-        }
-    }
+    let mut rejected: Vec<(&Order, String)> = chunk
+        .orders
+        .iter()
+        .filter_map(|order| Some((order, order.parsed.as_ref().err()?.clone())))
+        .collect();
     for ((order, _, _), result) in valid.iter().zip(&results) {
         match result {
             Ok(identified) => {
@@ -617,13 +662,15 @@ async fn apply(
                     _ => {}
                 }
             }
-            Err(err) => {
-                rejects
-                    .write(order, &err.to_string())
-                    .map_err(|err| AttemptError::Refused(ServiceError::Refused(err.to_string())))?;
-                counts.rejected += 1;
-            }
+            Err(err) => rejected.push((order, err.to_string())),
         }
+    }
+    rejected.sort_by_key(|(order, _)| order.line);
+    counts.rejected = rejected.len() as u64;
+    for (order, reason) in &rejected {
+        rejects
+            .write(order, reason)
+            .map_err(|err| AttemptError::Refused(ServiceError::Refused(err.to_string())))?;
     }
     rejects
         .flush()

@@ -12,9 +12,11 @@ use diesel::sql_types::{Array, Int4, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
-use crate::db::DbPool;
-use crate::db::imports;
-use crate::domain::{Email, Limits, Phone};
+use std::collections::HashSet;
+
+use crate::db::{DbPool, imports};
+use crate::domain::{ContactValue, Email, Limits, Phone};
+use crate::service::Policy;
 
 /// Example ids each repair lists.
 const EXAMPLES: usize = 5;
@@ -98,7 +100,10 @@ pub struct Repairs {
     pub duplicates: Repair,
     /// Values that do not parse (docs/SPEC.md §3): dropped.
     pub invalid_values: Repair,
-    /// Rows left with no value: kept soft-deleted.
+    /// Values blocked here (the built-in or file rules, or `blocked_values`): dropped.
+    pub blocked_values: Repair,
+    /// Rows left with no value (none, or only invalid or blocked ones): not copied,
+    /// since a contact here holds an email or a phone.
     pub rows_without_value: Repair,
 }
 
@@ -136,8 +141,9 @@ impl Report {
             ),
             ("duplicated rows (kept as secondaries)", &repairs.duplicates),
             ("invalid values dropped", &repairs.invalid_values),
+            ("blocked values dropped", &repairs.blocked_values),
             (
-                "rows left without a value (soft-deleted)",
+                "rows left without a value (not copied)",
                 &repairs.rows_without_value,
             ),
             ("identities over the guardrails' limits", &self.over_limits),
@@ -171,7 +177,7 @@ pub async fn migrate(
     pool: &DbPool,
     url: &str,
     table: &str,
-    limits: Limits,
+    policy: &Policy,
 ) -> Result<Report, String> {
     let started = Instant::now();
     let quoted = quote_table(table)?;
@@ -196,17 +202,28 @@ pub async fn migrate(
     .map_err(|err| format!("cannot read {table}: {err}"))?;
     drop(old);
 
-    let (new_rows, mut report) = plan(rows, limits);
+    let mut conn = pool.get().await.map_err(|err| err.to_string())?;
+    let blocked: HashSet<ContactValue> = blocked_values(&mut conn)
+        .await
+        .map_err(|err| err.to_string())?;
+    let blocks = |value: &ContactValue| {
+        blocked.contains(value)
+            || match value {
+                ContactValue::Email(email) => policy.rules.blocks_email(email),
+                ContactValue::Phone(phone) => policy.rules.blocks_phone(phone),
+            }
+    };
+    let max_id = rows.iter().map(|row| row.id).max().unwrap_or(0);
+    let (new_rows, mut report) = plan(rows, policy.limits, blocks);
     report.table = table.to_owned();
 
-    let mut conn = pool.get().await.map_err(|err| err.to_string())?;
     conn.transaction(async |conn| {
         imports::lock_contacts(conn).await?;
         let existing = imports::contact_count(conn).await?;
         if existing > 0 {
             return Err(diesel::result::Error::RollbackTransaction);
         }
-        write(conn, &new_rows).await
+        write(conn, &new_rows, max_id).await
     })
     .await
     .map_err(|err| match err {
@@ -219,6 +236,27 @@ pub async fn migrate(
     })?;
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+#[derive(Debug, QueryableByName)]
+struct BlockedRow {
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Text)]
+    value: String,
+}
+
+/// Every value administrators blocked here.
+async fn blocked_values(
+    conn: &mut AsyncPgConnection,
+) -> diesel::QueryResult<HashSet<ContactValue>> {
+    let rows: Vec<BlockedRow> = diesel::sql_query("SELECT kind, value FROM blocked_values")
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| ContactValue::from_stored(&row.kind, row.value))
+        .collect())
 }
 
 /// `table` or `schema.table`, each part quoted as an identifier.
@@ -259,7 +297,11 @@ impl Groups {
 }
 
 /// The rows as they will be stored, and the report. `rows` come in contact order.
-fn plan(rows: Vec<OldRow>, limits: Limits) -> (Vec<NewRow>, Report) {
+fn plan(
+    rows: Vec<OldRow>,
+    limits: Limits,
+    blocks: impl Fn(&ContactValue) -> bool,
+) -> (Vec<NewRow>, Report) {
     let mut report = Report {
         rows: rows.len() as u64,
         ..Report::default()
@@ -273,6 +315,10 @@ fn plan(rows: Vec<OldRow>, limits: Limits) -> (Vec<NewRow>, Report) {
             .email
             .as_deref()
             .and_then(|raw| match Email::parse(raw) {
+                Ok(Some(email)) if blocks(&ContactValue::Email(email.clone())) => {
+                    repairs.blocked_values.note(row.id);
+                    None
+                }
                 Ok(email) => email.map(|e| e.as_str().to_owned()),
                 Err(_) => {
                     repairs.invalid_values.note(row.id);
@@ -283,6 +329,10 @@ fn plan(rows: Vec<OldRow>, limits: Limits) -> (Vec<NewRow>, Report) {
             .phone_number
             .as_deref()
             .and_then(|raw| match Phone::parse(raw) {
+                Ok(Some(phone)) if blocks(&ContactValue::Phone(phone.clone())) => {
+                    repairs.blocked_values.note(row.id);
+                    None
+                }
                 Ok(phone) => phone.map(|p| p.as_str().to_owned()),
                 Err(_) => {
                     repairs.invalid_values.note(row.id);
@@ -341,12 +391,22 @@ fn plan(rows: Vec<OldRow>, limits: Limits) -> (Vec<NewRow>, Report) {
         }
     }
 
-    // Each group's primary: its oldest live row, else its oldest row.
+    // Each group's primary: its oldest live row, else its oldest row that is copied
+    // (one with a value).
+    let rank = |at: usize| {
+        if live(at) {
+            2
+        } else if values[at].0.is_some() || values[at].1.is_some() {
+            1
+        } else {
+            0
+        }
+    };
     let mut primary_of_root: HashMap<usize, usize> = HashMap::new();
     for at in 0..rows.len() {
         let root = groups.root(at);
         let slot = primary_of_root.entry(root).or_insert(at);
-        if !live(*slot) && live(at) {
+        if rank(at) > rank(*slot) {
             *slot = at;
         }
     }
@@ -383,27 +443,16 @@ fn plan(rows: Vec<OldRow>, limits: Limits) -> (Vec<NewRow>, Report) {
             }
         }
         let (email, phone) = values[at].clone();
-        let no_value = email.is_none() && phone.is_none();
+        if email.is_none() && phone.is_none() {
+            continue;
+        }
         new_rows.push(NewRow {
             id: row.id,
-            // A row must hold a value here: one left without keeps its old ones,
-            // soft-deleted, invisible to matching and answers.
-            email: if no_value { row.email.clone() } else { email },
-            phone: if no_value {
-                row.phone_number.clone()
-            } else {
-                phone
-            },
+            email,
+            phone,
             created_at: row.created_at,
             updated_at: row.updated_at.unwrap_or(row.created_at),
-            deleted_at: if no_value {
-                Some(
-                    row.deleted_at
-                        .unwrap_or(row.updated_at.unwrap_or(row.created_at)),
-                )
-            } else {
-                row.deleted_at
-            },
+            deleted_at: row.deleted_at,
             linked_id: (primary != at).then(|| rows[primary].id),
         });
     }
@@ -430,7 +479,11 @@ fn plan(rows: Vec<OldRow>, limits: Limits) -> (Vec<NewRow>, Report) {
 
 /// The rows (primaries first: a secondary's link must find its primary), their
 /// pre-ledger events, one change per identity, and the id sequence past them.
-async fn write(conn: &mut AsyncPgConnection, rows: &[NewRow]) -> diesel::QueryResult<()> {
+async fn write(
+    conn: &mut AsyncPgConnection,
+    rows: &[NewRow],
+    max_old_id: i32,
+) -> diesel::QueryResult<()> {
     let (primaries, secondaries): (Vec<&NewRow>, Vec<&NewRow>) =
         rows.iter().partition(|row| row.linked_id.is_none());
     for part in primaries
@@ -485,11 +538,11 @@ async fn write(conn: &mut AsyncPgConnection, rows: &[NewRow]) -> diesel::QueryRe
     )
     .execute(conn)
     .await?;
-    diesel::sql_query(
-        "SELECT setval('contacts_id_seq', greatest((SELECT max(id) FROM contacts), 1), \
-                (SELECT count(*) > 0 FROM contacts))",
-    )
-    .execute(conn)
-    .await?;
+    // Past every old id, copied or not: an id the old system handed out is never
+    // given to another customer.
+    diesel::sql_query("SELECT setval('contacts_id_seq', greatest($1, 1), $1 > 0)")
+        .bind::<Int4, _>(max_old_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }

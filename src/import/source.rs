@@ -187,10 +187,22 @@ impl<R: BufRead> Records<R> {
             if record.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let text = String::from_utf8_lossy(&record).into_owned();
-            let parsed = match self.format {
-                Format::Ndjson => parse_json(&record),
-                Format::Csv => self.parse_csv(&text),
+            let (text, parsed) = match self.format {
+                Format::Ndjson => (
+                    String::from_utf8_lossy(&record).into_owned(),
+                    parse_json(&record),
+                ),
+                Format::Csv => match String::from_utf8(record) {
+                    Ok(text) => {
+                        let parsed = self.parse_csv(&text);
+                        (text, parsed)
+                    }
+                    // Decoded leniently, two different names would become one.
+                    Err(err) => (
+                        String::from_utf8_lossy(err.as_bytes()).into_owned(),
+                        Err("not valid UTF-8: the input must be UTF-8".to_owned()),
+                    ),
+                },
             };
             return Ok(Some(Order { line, text, parsed }));
         }
@@ -284,15 +296,16 @@ impl<R: BufRead> Records<R> {
             if record.len() == before && !ended && before == 0 && !too_long {
                 return Ok(None);
             }
-            let open_quote = self.format == Format::Csv
-                && !too_long
-                && record.iter().filter(|byte| **byte == b'"').count() % 2 == 1;
+            let open_quote = self.format == Format::Csv && !too_long && ends_in_quotes(&record);
             if !(ended && open_quote) {
                 break;
             }
         }
         while matches!(record.last(), Some(b'\n' | b'\r')) {
             record.pop();
+        }
+        if start == 1 && record.starts_with(BOM) {
+            record.drain(..BOM.len());
         }
         if too_long {
             return Ok(Some((
@@ -338,6 +351,43 @@ impl<R: BufRead> Records<R> {
             }
         }
     }
+}
+
+/// The UTF-8 byte order mark some tools put first.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Whether a CSV record ends inside a quoted field. As RFC 4180 reads: only a
+/// quote that opens a field (after blanks) opens a quoted field, and inside one a
+/// doubled quote is a quote; a stray quote elsewhere leaves the line one record
+/// (which `split_csv` then refuses).
+fn ends_in_quotes(record: &[u8]) -> bool {
+    let mut quoted = false;
+    let mut at_field_start = true;
+    let mut at = 0;
+    while at < record.len() {
+        let byte = record[at];
+        at += 1;
+        if quoted {
+            if byte == b'"' {
+                if record.get(at) == Some(&b'"') {
+                    at += 1;
+                } else {
+                    quoted = false;
+                }
+            }
+            continue;
+        }
+        match byte {
+            b',' => at_field_start = true,
+            b' ' | b'\t' if at_field_start => {}
+            b'"' if at_field_start => {
+                quoted = true;
+                at_field_start = false;
+            }
+            _ => at_field_start = false,
+        }
+    }
+    quoted
 }
 
 fn parse_json(record: &[u8]) -> Result<Parsed, String> {
@@ -527,6 +577,29 @@ mod tests {
         let changed = input.replace("b@x.io", "B@x.io");
         let mut other = Records::new(changed.as_bytes(), Format::Ndjson);
         assert!(!other.skip_to(bytes, lines, &hash).unwrap());
+    }
+
+    #[test]
+    fn a_stray_quote_spoils_one_csv_line_not_the_next_ones() {
+        let input = "email,note\na@x.io,5\" screen\nb@x.io,ok\n\"c@x.io\",\"two\nlines\"\n";
+        let got = orders(input, Format::Csv);
+        assert_eq!(got[0].0, 2);
+        assert!(got[0].1.is_err(), "{got:?}");
+        assert_eq!(got[1], (3, Ok("Some(\"b@x.io\")/None/None".to_owned())));
+        assert_eq!(got[2], (4, Ok("Some(\"c@x.io\")/None/None".to_owned())));
+        assert_eq!(got.len(), 3);
+    }
+
+    #[test]
+    fn csv_must_be_utf8_and_a_byte_order_mark_is_skipped() {
+        let mut input = b"\xEF\xBB\xBFemail\njos\xE9@x.io\njos\xE8@x.io\n".to_vec();
+        let mut records = Records::new(input.as_slice(), Format::Csv);
+        let first = records.next_order().unwrap().unwrap();
+        assert!(first.parsed.unwrap_err().contains("UTF-8"));
+        assert!(records.next_order().unwrap().unwrap().parsed.is_err());
+        input = b"\xEF\xBB\xBF{\"email\":\"a@x.io\"}\n".to_vec();
+        let got = orders(std::str::from_utf8(&input).unwrap(), Format::Ndjson);
+        assert_eq!(got[0], (1, Ok("Some(\"a@x.io\")/None/None".to_owned())));
     }
 
     #[test]

@@ -335,8 +335,15 @@ async fn times_going_backwards_are_refused_naming_the_line_and_resume_after_the_
     // What came before the refused line is committed; the rest is not.
     assert_eq!(app.row_count().await, 2);
 
-    // A second run without --resume is refused; after the fix, --resume goes on.
+    // A second run without --resume is refused, and so is a resume that would read
+    // the input in another format; after the fix, --resume goes on.
     assert!(stderr(&run_import(&url, &[path])).contains("--resume"));
+    let other_format = run_import(&url, &[path, "--resume", "--format", "csv"]);
+    assert!(
+        stderr(&other_format).contains("without --format"),
+        "{}",
+        stderr(&other_format)
+    );
     lines[2] = json!({"email": "c@x.io", "orderedAt": at(3)}).to_string();
     write_lines(&file, &lines);
     let report = summary(&run_import(&url, &[path, "--resume", "--json"]));
@@ -620,7 +627,8 @@ async fn the_nestjs_table_migrates_with_its_races_repaired() {
             8,
             false,
         ),
-        // Values only a lax implementation stored; a soft-deleted row.
+        // Values only a lax implementation stored (12 is left with none: not
+        // copied); a soft-deleted row.
         (
             10,
             Some("12-34-56"),
@@ -640,6 +648,17 @@ async fn the_nestjs_table_migrates_with_its_races_repaired() {
             true,
         ),
         (12, None, Some("bad email"), None, "primary", 12, false),
+        // No value at all; a value blocked here (the built-in rules).
+        (13, None, None, None, "primary", 13, false),
+        (
+            14,
+            Some("0000000"),
+            Some("jennifer@hillvalley.edu"),
+            None,
+            "primary",
+            14,
+            false,
+        ),
     ];
     let mut sql = NEST_TABLE.to_owned();
     for (id, phone, email, linked, precedence, minute, deleted) in rows {
@@ -669,12 +688,12 @@ async fn the_nestjs_table_migrates_with_its_races_repaired() {
     let url = database_url(&app).to_owned();
     let output = run_import(&url, &["--from-postgres", &old.url, "--json"]);
     let report = summary(&output);
-    assert_eq!(report["rows"], 12);
+    assert_eq!(report["rows"], 14);
     assert_eq!(report["softDeletedRows"], 1);
-    // Old primaries 1, 3, 4, 9, 10, 12; the rules: {1,2,5,6,10}, {3,4}, {7}, {8,9}
-    // (10's phone normalises to 1's).
-    assert_eq!(report["identitiesClaimed"], 6);
-    assert_eq!(report["identities"], 4);
+    // Old primaries 1, 3, 4, 9, 10, 12, 13, 14; the rules: {1,2,5,6,10}, {3,4}, {7},
+    // {8,9}, {14} (10's phone normalises to 1's).
+    assert_eq!(report["identitiesClaimed"], 8);
+    assert_eq!(report["identities"], 5);
     let repairs = &report["repairs"];
     assert_eq!(repairs["identitiesMerged"]["examples"], json!([1, 3]));
     assert_eq!(repairs["primariesDemoted"]["examples"], json!([4, 9, 10]));
@@ -683,7 +702,9 @@ async fn the_nestjs_table_migrates_with_its_races_repaired() {
     assert_eq!(repairs["precedenceMismatch"]["examples"], json!([7]));
     assert_eq!(repairs["duplicates"]["examples"], json!([6]));
     assert_eq!(repairs["invalidValues"]["examples"], json!([10, 12]));
-    assert_eq!(repairs["rowsWithoutValue"]["examples"], json!([12]));
+    assert_eq!(repairs["rowsWithoutValue"]["examples"], json!([12, 13]));
+    // 999999 and 0000000 are junk phones the built-in rules block.
+    assert_eq!(repairs["blockedValues"]["examples"], json!([11, 14]));
 
     let rows: Vec<(i32, Option<i32>)> = app
         .rows()
@@ -705,7 +726,7 @@ async fn the_nestjs_table_migrates_with_its_races_repaired() {
             (9, Some(8)),
             (10, Some(1)),
             (11, Some(1)),
-            (12, None),
+            (14, None),
         ]
     );
     let kept_times = app
@@ -715,9 +736,9 @@ async fn the_nestjs_table_migrates_with_its_races_repaired() {
     let answer = app.identify(Some("doc@hillvalley.edu"), None).await;
     assert_eq!(answer["primaryContactId"], 3);
     assert_eq!(answer["secondaryContactIds"], json!([4]));
-    // New rows take ids after the old ones.
+    // New rows take ids after every old one, copied or not.
     let answer = app.identify(Some("marty@hillvalley.edu"), None).await;
-    assert_eq!(answer["primaryContactId"], 13);
+    assert_eq!(answer["primaryContactId"], 15);
     app.assert_invariants().await;
     check_passes(&url);
 
@@ -725,4 +746,59 @@ async fn the_nestjs_table_migrates_with_its_races_repaired() {
     let refused = run_import(&url, &["--from-postgres", &old.url]);
     assert!(!refused.status.success());
     assert!(stderr(&refused).contains("empty"), "{}", stderr(&refused));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_of_one_input_at_once_apply_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("orders.ndjson");
+    write_lines(&file, &shop_orders(20_000, 11));
+    let path = file.to_str().unwrap();
+    let once = spawn_app().await;
+    summary(&run_import(database_url(&once), &[path, "--json"]));
+    std::fs::remove_file(format!("{path}.rejects")).unwrap();
+
+    let twice = spawn_app().await;
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(SERVER)
+                .args(["import", path, "--json", "--chunk-size", "500"])
+                .env("DATABASE_URL", database_url(&twice))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<Output> = runs
+        .into_iter()
+        .map(|run| run.wait_with_output().unwrap())
+        .collect();
+    let succeeded = outputs
+        .iter()
+        .filter(|output| output.status.success())
+        .count();
+    assert_eq!(
+        succeeded,
+        1,
+        "{:?}",
+        outputs.iter().map(stderr).collect::<Vec<_>>()
+    );
+    let refused = outputs
+        .iter()
+        .find(|output| !output.status.success())
+        .unwrap();
+    let message = stderr(refused);
+    assert!(
+        message.contains("another import of this input is running")
+            || message.contains("imported already"),
+        "{message}"
+    );
+    assert_same(
+        &written(&twice).await,
+        &written(&once).await,
+        "two runs against one",
+    );
+    check_passes(database_url(&twice));
 }
