@@ -208,47 +208,53 @@ async fn graphiql_shows_identity_events_as_they_happen() {
         .for_element(Locator::Css(".graphiql-query-editor .CodeMirror"))
         .await
         .expect("GraphiQL's editor appears");
-    browser
-        .execute(
-            "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror\
-             .setValue('subscription { identityEvents { kind primaryContactIds } }');",
-            vec![],
-        )
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css(".graphiql-execute-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let result = browser
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css(
-            ".graphiql-response .result-window .CodeMirror",
-        ))
-        .await
-        .expect("the result pane appears");
-    drop(result);
-    // The subscription is live once its socket is: the server counts it.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
+    // GraphiQL takes the editor's text into its state asynchronously, and a click
+    // that lands before it runs the old text: read the text back, and click again
+    // (with what the page shows) if no subscription arrives.
+    let subscription = "subscription { identityEvents { kind primaryContactIds } }";
+    let mut attempts = Vec::new();
+    'subscribed: for attempt in 1..=3 {
+        browser
+            .execute(
+                "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror\
+                 .setValue(arguments[0]);",
+                vec![json!(subscription)],
+            )
             .await
             .unwrap();
-        if metrics.contains("identity_event_subscribers 1") {
-            break;
+        let deadline = Instant::now() + PATIENCE;
+        while editor_text(browser).await != subscription {
+            assert!(
+                Instant::now() < deadline,
+                "the editor never took the subscription"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(Instant::now() < deadline, "GraphiQL never subscribed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        browser
+            .find(Locator::Css(".graphiql-execute-button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        // The subscription is live once its socket is: the server counts it.
+        let deadline = Instant::now() + PATIENCE / 2;
+        while Instant::now() < deadline {
+            if app
+                .metrics_text()
+                .await
+                .contains("identity_event_subscribers 1")
+            {
+                break 'subscribed;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        attempts.push(format!(
+            "attempt {attempt}: the result pane shows {:?}",
+            result_text(browser).await
+        ));
+        assert!(attempt < 3, "GraphiQL never subscribed: {attempts:#?}");
     }
     let mut seen = Vec::new();
     app.identify(Some("marty@hillvalley.edu"), Some("555"))
@@ -269,6 +275,34 @@ async fn graphiql_shows_identity_events_as_they_happen() {
     eprintln!("GraphiQL screenshot: {}", artefact.display());
     let _ = browser.clone().close().await;
     assert_eq!(seen, ["CREATED", "LINKED", "ERASED"]);
+}
+
+/// The query editor's text.
+async fn editor_text(browser: &fantoccini::Client) -> String {
+    browser
+        .execute(
+            "return document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror\
+             .getValue();",
+            vec![],
+        )
+        .await
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The result pane's text.
+async fn result_text(browser: &fantoccini::Client) -> String {
+    browser
+        .execute(
+            "return document.querySelector('.graphiql-response .result-window \
+             .CodeMirror').CodeMirror.getValue();",
+            vec![],
+        )
+        .await
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Waits until GraphiQL's result pane shows a change of `kind`; returns the kind.
