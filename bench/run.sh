@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks of BENCHMARKS.md, side by side in one sitting on one PostgreSQL:
 #   1. the default mix at 1, 16 and 64 connections: loadgen against the release
-#      server, and pgbench running the same SQL the server sends (the floor);
+#      server, and pgbench running the same SQL the server sends (the service
+#      floor); then half new customers, half repeats: loadgen against the server,
+#      and pgbench running the least SQL a correct identify needs (the minimal
+#      floor, bench/pgbench/minimal-*.sql);
 #   2. p99 at 64 connections as the table grows (prefilled with generate_series).
 # Figures are medians of REPEATS runs. Raw results go to $OUT (target/bench).
 #
@@ -70,11 +73,11 @@ cpu_ticks() { # total busy ticks of the machine, and of the server process
   awk '{print $14+$15}' "/proc/$server_pid/stat"
 }
 
-loadgen_run() { # connections label
+loadgen_run() { # connections label [mix]
   local before after
   before="$(cpu_ticks | tr '\n' ' ')"
   "$loadgen_bin" --url http://127.0.0.1:3900 --connections "$1" --duration "$SECONDS_PER_RUN" \
-    --keys "$KEYS" --mix "$MIX" --progress 0 --max-error-rate 0 --json "$OUT/runs/$2.json" >/dev/null
+    --keys "$KEYS" --mix "${3:-$MIX}" --progress 0 --max-error-rate 0 --json "$OUT/runs/$2.json" >/dev/null
   after="$(cpu_ticks | tr '\n' ' ')"
   echo "$before $after $(getconf CLK_TCK)" >"$OUT/runs/$2.cpu"
 }
@@ -86,6 +89,15 @@ pgbench_run() { # url clients label
     -f bench/pgbench/extend.sql@15 -f bench/pgbench/bridge.sql@5 "$1" >"$OUT/runs/$3.txt" 2>&1
 }
 
+# The minimal floor (issue 14): the least SQL a correct identify needs, half new
+# customers (a locking read and an insert), half repeats (a locking read).
+minimal_run() { # url clients label
+  local threads=$(( $2 < 2 ? 1 : 2 ))
+  "$pg_bin/pgbench" -n -M prepared -c "$2" -j "$threads" -T "$SECONDS_PER_RUN" -D keys="$KEYS" \
+    -f bench/pgbench/minimal-new.sql@50 -f bench/pgbench/minimal-repeat.sql@50 \
+    "$1" >"$OUT/runs/$3.txt" 2>&1
+}
+
 echo "== connection sweep (prefill 100000 contacts, $REPEATS x ${SECONDS_PER_RUN}s each)"
 url="$(fresh_database bench_sweep 100000 | tail -1)"
 start_server "$url"
@@ -93,6 +105,8 @@ for repeat in $(seq 1 "$REPEATS"); do
   for c in $CONNECTIONS; do
     pgbench_run "$url" "$c" "pgbench-c$c-r$repeat"
     loadgen_run "$c" "server-c$c-r$repeat"
+    minimal_run "$url" "$c" "minimal-c$c-r$repeat"
+    loadgen_run "$c" "half-c$c-r$repeat" "new=50,repeat=50"
     echo "   repeat $repeat, $c connections done"
   done
 done

@@ -52,6 +52,21 @@ for c in connections:
     server_cpu, rest_cpu = cpu_per_request(f"server-c{c}-r*.cpu")
     print(f"| {c} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {floor:.0f} | {rps / floor:.0%} | {server_cpu:.0f} | {rest_cpu:.0f} |")
 
+if glob.glob(os.path.join(runs, "minimal-c*")):
+    print("\nHalf new customers, half repeats, against the minimal floor (a locking read; plus an insert for a new customer):\n")
+    print("| connections | server req/s | p50 ms | p99 ms | errors | minimal floor tps | server / minimal floor | service floor tps (default mix) | server / service floor (default mix) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c in connections:
+        half = loadgen(f"half-c{c}-r*.json")
+        rps = median([r["ok_rps"] for r in half])
+        p50 = median([r["latency_ms"]["p50"] for r in half])
+        p99 = median([r["latency_ms"]["p99"] for r in half])
+        errors = sum(r["requests"] - r["ok"] for r in half)
+        minimal = median(pgbench_tps(f"minimal-c{c}-r*.txt"))
+        service = median(pgbench_tps(f"pgbench-c{c}-r*.txt"))
+        default = median([r["ok_rps"] for r in loadgen(f"server-c{c}-r*.json")])
+        print(f"| {c} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors} | {minimal:.0f} | {rps / minimal:.0%} | {service:.0f} | {default / service:.0%} |")
+
 peak = open(os.path.join(runs, "server-peak-rss-kib.txt")).read().strip()
 print(f"\nServer peak RSS over the sweep: {int(peak) / 1024:.1f} MiB\n")
 
