@@ -5,7 +5,9 @@
 #      floor); then half new customers, half repeats: loadgen against the server,
 #      and pgbench running the least SQL a correct identify needs (the minimal
 #      floor, bench/pgbench/minimal-*.sql);
-#   2. p99 at 64 connections as the table grows (prefilled with generate_series).
+#   2. 1, 2 and 4 server processes on one database (REPLICAS), 64 loadgen
+#      connections spread over them, the default mix;
+#   3. p99 at 64 connections as the table grows (prefilled with generate_series).
 # Figures are medians of REPEATS runs. Raw results go to $OUT (target/bench).
 #
 #   bench/run.sh                          # everything (about 25 minutes)
@@ -15,8 +17,9 @@ cd "$(dirname "$0")/.."
 
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
 REPEATS="${REPEATS:-3}"
-CONNECTIONS="${CONNECTIONS:-1 16 64}"
+CONNECTIONS="${CONNECTIONS-1 16 64}"  # CONNECTIONS="" skips the connection sweep
 SIZES="${SIZES-100000 1000000 10000000}"  # SIZES="" skips the table-size runs
+REPLICAS="${REPLICAS-1 2 4}"  # REPLICAS="" skips the server-process runs
 POOL_SIZE="${POOL_SIZE:-16}"
 KEYS="${KEYS:-10000}"
 MIX="${MIX:-new=35,repeat=45,extend=15,bridge=5}"  # loadgen's default
@@ -111,6 +114,29 @@ for repeat in $(seq 1 "$REPEATS"); do
   done
 done
 echo "$(stop_server)" >"$OUT/runs/server-peak-rss-kib.txt"
+
+if [ -n "$REPLICAS" ]; then
+  echo "== server processes on one database (64 connections, pool of $POOL_SIZE each)"
+  for repeat in $(seq 1 "$REPEATS"); do
+    for n in $REPLICAS; do
+      pids=(); urls=()
+      for k in $(seq 1 "$n"); do
+        env ${SERVER_WORKERS:+TOKIO_WORKER_THREADS=$SERVER_WORKERS} DATABASE_URL="$url" \
+          PORT=$((3910 + k)) DB_POOL_SIZE="$POOL_SIZE" RUST_LOG=error "$server_bin" &
+        pids+=($!); urls+=(--url "http://127.0.0.1:$((3910 + k))")
+      done
+      for k in $(seq 1 "$n"); do
+        for _ in $(seq 1 200); do
+          curl -fs "http://127.0.0.1:$((3910 + k))/readyz" >/dev/null 2>&1 && break; sleep 0.1
+        done
+      done
+      "$loadgen_bin" "${urls[@]}" --connections 64 --duration "$SECONDS_PER_RUN" --keys "$KEYS" \
+        --mix "$MIX" --progress 0 --max-error-rate 0 --json "$OUT/runs/replicas-$n-r$repeat.json" >/dev/null
+      kill -TERM "${pids[@]}"; wait "${pids[@]}" || true
+      echo "   repeat $repeat, $n server process(es) done"
+    done
+  done
+fi
 
 echo "== table size (64 connections)"
 for size in $SIZES; do

@@ -67,6 +67,21 @@ if glob.glob(os.path.join(runs, "minimal-c*")):
         default = median([r["ok_rps"] for r in loadgen(f"server-c{c}-r*.json")])
         print(f"| {c} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors} | {minimal:.0f} | {rps / minimal:.0%} | {service:.0f} | {default / service:.0%} |")
 
+replicas = sorted({int(m) for m in re.findall(r"replicas-(\d+)-", " ".join(os.listdir(runs)))})
+if replicas:
+    print("\nServer processes on one database (64 connections spread over them, default mix):\n")
+    print("| server processes | req/s | p50 ms | p99 ms | errors | req/s / one process |")
+    print("|---|---|---|---|---|---|")
+    base = None
+    for n in replicas:
+        results = loadgen(f"replicas-{n}-r*.json")
+        rps = median([r["ok_rps"] for r in results])
+        base = base or rps
+        p50 = median([r["latency_ms"]["p50"] for r in results])
+        p99 = median([r["latency_ms"]["p99"] for r in results])
+        errors = sum(r["requests"] - r["ok"] for r in results)
+        print(f"| {n} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors} | {rps / base:.2f} |")
+
 peak = open(os.path.join(runs, "server-peak-rss-kib.txt")).read().strip()
 print(f"\nServer peak RSS over the sweep: {int(peak) / 1024:.1f} MiB\n")
 
