@@ -2,8 +2,8 @@
 //! in the same transaction as the chunk that reached it.
 
 use chrono::{DateTime, Utc};
-use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Bool, Int8, Nullable, Text, Timestamptz};
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 /// The id sequences an import draws from, in the order `sequences` stores them.
@@ -67,11 +67,7 @@ pub async fn latest(
     .bind::<Text, _>(fingerprint)
     .get_result(conn)
     .await
-    .map(Some)
-    .or_else(|err| match err {
-        diesel::result::Error::NotFound => Ok(None),
-        other => Err(other),
-    })
+    .optional()
 }
 
 /// The latest unfinished import of `source` (a path as the operator named it).
@@ -86,11 +82,7 @@ pub async fn interrupted_from(
     .bind::<Text, _>(source)
     .get_result(conn)
     .await
-    .map(Some)
-    .or_else(|err| match err {
-        diesel::result::Error::NotFound => Ok(None),
-        other => Err(other),
-    })
+    .optional()
 }
 
 /// Starts recording an import; nothing of it is committed yet. Recorded already:

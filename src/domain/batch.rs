@@ -93,8 +93,8 @@ impl BatchWorld {
         self.contacts.insert(contact.id, contact);
     }
 
-    /// Every member of the identities holding the request's values.
-    fn matched(&self, request: &IdentifyRequest) -> Vec<Contact> {
+    /// Ids of every member of the identities holding the request's values.
+    fn member_ids<'a>(&'a self, request: &IdentifyRequest) -> impl Iterator<Item = &'a i32> {
         let holders = request
             .email()
             .and_then(|email| self.by_email.get(email))
@@ -103,24 +103,20 @@ impl BatchWorld {
             .flatten();
         let primaries: BTreeSet<i32> = holders.map(|id| self.contacts[id].primary_id()).collect();
         primaries
-            .iter()
-            .flat_map(|primary| &self.members[primary])
+            .into_iter()
+            .flat_map(move |primary| &self.members[&primary])
+    }
+
+    /// Every member of the identities holding the request's values.
+    fn matched(&self, request: &IdentifyRequest) -> Vec<Contact> {
+        self.member_ids(request)
             .map(|id| self.contacts[id].clone())
             .collect()
     }
 
     /// The creation time of the newest member of the identities `request` reaches.
     pub fn newest_matched(&self, request: &IdentifyRequest) -> Option<DateTime<Utc>> {
-        let holders = request
-            .email()
-            .and_then(|email| self.by_email.get(email))
-            .into_iter()
-            .chain(request.phone().and_then(|phone| self.by_phone.get(phone)))
-            .flatten();
-        let primaries: BTreeSet<i32> = holders.map(|id| self.contacts[id].primary_id()).collect();
-        primaries
-            .iter()
-            .flat_map(|primary| &self.members[primary])
+        self.member_ids(request)
             .map(|id| self.contacts[id].created_at)
             .max()
     }
