@@ -155,13 +155,10 @@ pub async fn serve(
         let _ = stopping.send(());
     };
     let feed = tokio::spawn(
-        state.feed.clone().run(
-            state
-                .config
-                .database_url
-                .as_ref()
-                .map(|url| url.expose().to_owned()),
-        ),
+        state
+            .feed
+            .clone()
+            .run(state.config.session_database_url().map(str::to_owned)),
     );
     // Stops the feed's tasks however serving ends.
     let _feed = AbortOnDrop(feed);

@@ -147,6 +147,28 @@ pub struct Config {
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16, global = true)]
     pub pool_size: usize,
 
+    /// `off` when DATABASE_URL is a transaction-mode pooler (PgBouncer before 1.21):
+    /// every statement is sent unnamed in one exchange, and nothing relies on a
+    /// session (LISTEN moves to DATABASE_DIRECT_URL, or subscribers poll).
+    #[arg(
+        long,
+        env = "DB_PREPARED_STATEMENTS",
+        value_enum,
+        default_value_t = Switch::On,
+        global = true
+    )]
+    pub db_prepared_statements: Switch,
+
+    /// A session connection to the same PostgreSQL, for what a transaction pooler
+    /// cannot carry: the change feed's LISTEN and the import's claim on its input.
+    #[arg(
+        long,
+        env = "DATABASE_DIRECT_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_direct_url: Option<Secret>,
+
     /// Milliseconds to wait for a database connection before answering 503.
     #[arg(
         long,
@@ -500,6 +522,17 @@ impl Config {
         PoolSettings {
             max_size: self.pool_size,
             acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            prepared_statements: self.db_prepared_statements == Switch::On,
+        }
+    }
+
+    /// Where a session (LISTEN, session advisory locks) can be held: the direct URL
+    /// if set; else DATABASE_URL, unless that is a transaction pooler.
+    pub fn session_database_url(&self) -> Option<&str> {
+        match (&self.database_direct_url, self.db_prepared_statements) {
+            (Some(direct), _) => Some(direct.expose()),
+            (None, Switch::On) => self.database_url.as_ref().map(Secret::expose),
+            (None, Switch::Off) => None,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use identity_reconciliation::auth::{self, AuthMode, Scope};
 use identity_reconciliation::config::{
-    Cli, Command, Config, ImportArgs, ImportFormat, KeysCommand, Secret,
+    Cli, Command, Config, ImportArgs, ImportFormat, KeysCommand, Secret, Switch,
 };
 use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use identity_reconciliation::{app, db, graphql, import, openapi, service, telemetry};
@@ -123,7 +123,25 @@ async fn run_async(command: Command, config: Config) -> Result<ExitCode, String>
             phone,
             primary_contact_id,
         } => return erase(&pool, email, phone, primary_contact_id).await,
-        Command::Import(args) => return import(&pool, &config, args).await,
+        Command::Import(args) => {
+            if config.db_prepared_statements == Switch::On {
+                return import(&pool, &config, args).await;
+            }
+            // The import holds a session advisory lock on its input for its whole
+            // run; a transaction pooler would leave it on some server connection.
+            let Some(direct) = &config.database_direct_url else {
+                return Err("import holds a session on the database, which a \
+                            transaction pooler cannot give (DB_PREPARED_STATEMENTS=off): \
+                            set DATABASE_DIRECT_URL to PostgreSQL itself"
+                    .to_owned());
+            };
+            let settings = db::PoolSettings {
+                prepared_statements: true,
+                ..config.pool_settings()
+            };
+            let direct_pool = db::pool(direct.expose(), &settings, statements)?;
+            return import(&direct_pool, &config, args).await;
+        }
         _ => {}
     }
     config.validate()?;

@@ -67,6 +67,19 @@ impl From<DieselError> for DbError {
             {
                 DbError::Unavailable(info.message().to_owned())
             }
+            DieselError::DatabaseError(kind, info)
+                if info.message().starts_with("prepared statement")
+                    && info.message().ends_with("does not exist") =>
+            {
+                // The statement was prepared on one server connection and run on
+                // another: a transaction pooler sits between us and PostgreSQL.
+                tracing::error!(
+                    error = info.message(),
+                    "is DATABASE_URL a transaction-mode pooler such as PgBouncer? \
+                     Set DB_PREPARED_STATEMENTS=off"
+                );
+                DbError::Query(DieselError::DatabaseError(kind, info))
+            }
             other => DbError::Query(other),
         }
     }

@@ -65,6 +65,9 @@ pub struct PoolSettings {
     /// How long a request waits for a free connection (or a new one) before the
     /// database counts as unavailable.
     pub acquire_timeout: Duration,
+    /// Off behind a transaction-mode pooler: statements go unnamed, one exchange
+    /// each, instead of prepared once per connection and cached.
+    pub prepared_statements: bool,
 }
 
 impl Default for PoolSettings {
@@ -72,6 +75,7 @@ impl Default for PoolSettings {
         Self {
             max_size: 16,
             acquire_timeout: Duration::from_secs(5),
+            prepared_statements: true,
         }
     }
 }
@@ -83,10 +87,19 @@ pub fn pool(
     statements: StatementCounter,
 ) -> Result<DbPool, String> {
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    let prepared_statements = settings.prepared_statements;
     manager_config.custom_setup = Box::new(move |url| {
         let statements = statements.clone();
         async move {
-            let mut connection = AsyncPgConnection::establish(url).await?;
+            let mut connection = if prepared_statements {
+                AsyncPgConnection::establish(url).await?
+            } else {
+                let mut connection = AsyncPgConnection::establish_unnamed(url).await?;
+                learn_enum_types(&mut connection)
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                connection
+            };
             connection.set_instrumentation(statements);
             Ok(connection)
         }
@@ -109,19 +122,69 @@ pub fn pool(
         .map_err(|err| err.to_string())
 }
 
-/// Applies every pending migration; returns how many ran.
-pub async fn run_migrations(pool: &DbPool) -> Result<usize, MigrationError> {
-    use diesel_async::SimpleAsyncConnection;
+/// tokio-postgres learns a result column's type it does not know (our enums) with
+/// a statement it prepares under a name and keeps for the connection's life. Behind
+/// a transaction pooler that statement may be missing from the next server
+/// connection, so each connection meets every enum once, in one transaction that
+/// then drops what it prepared: the types stay known, and no lookup runs again.
+async fn learn_enum_types(connection: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
+    use diesel::sql_types::Text;
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 
-    let mut connection = pool.get().await.map_err(MigrationError::Connect)?;
-    // Servers starting together on a fresh database would otherwise race to create
-    // the same objects; the loser fails on a unique violation in the catalogue.
+    #[derive(diesel::QueryableByName)]
+    struct EnumType {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
     connection
-        .batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+        .transaction(async |connection| {
+            let enums: Vec<EnumType> = diesel::sql_query(
+                "SELECT format_type(oid, NULL) AS name FROM pg_type \
+                 WHERE typtype = 'e' AND pg_type_is_visible(oid) ORDER BY 1",
+            )
+            .load(connection)
+            .await?;
+            if enums.is_empty() {
+                // A database not migrated yet: the migrating connection is dropped
+                // afterwards, so no pooled connection lives on without the enums.
+                return Ok(());
+            }
+            let columns: Vec<String> = enums
+                .iter()
+                .map(|EnumType { name }| format!("NULL::{name}, NULL::{name}[]"))
+                .collect();
+            diesel::sql_query(format!("SELECT {}", columns.join(", ")))
+                .execute(connection)
+                .await?;
+            connection.batch_execute("DEALLOCATE ALL").await
+        })
         .await
-        .map_err(|err| MigrationError::Apply(err.to_string()))?;
+}
+
+/// Applies every pending migration, all in one transaction; returns how many ran.
+pub async fn run_migrations(pool: &DbPool) -> Result<usize, MigrationError> {
+    use diesel_async::{AnsiTransactionManager, SimpleAsyncConnection, TransactionManager};
+
+    let connection = pool.get().await.map_err(MigrationError::Connect)?;
+    // Connections opened before the migrations may lack what they create (see
+    // `learn_enum_types`): this one leaves the pool when done.
+    let mut connection = Object::take(connection);
+    let apply_error = |err: diesel::result::Error| MigrationError::Apply(err.to_string());
+    AnsiTransactionManager::begin_transaction(&mut connection)
+        .await
+        .map_err(apply_error)?;
+    // Servers starting together on a fresh database would otherwise race to create
+    // the same objects; the loser fails on a unique violation in the catalogue. A
+    // transaction lock, not a session one: behind a transaction pooler a session
+    // lock would stay with whichever server connection took it.
+    connection
+        .batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+        ))
+        .await
+        .map_err(apply_error)?;
     // The harness drives diesel's synchronous migration code; keep it off the
-    // async worker threads.
+    // async worker threads. Each migration runs in a savepoint of our transaction.
     let (mut connection, applied) = tokio::task::spawn_blocking(move || {
         let mut harness = AsyncMigrationHarness::new(connection);
         let applied = harness
@@ -132,14 +195,22 @@ pub async fn run_migrations(pool: &DbPool) -> Result<usize, MigrationError> {
     })
     .await
     .map_err(|err| MigrationError::Apply(err.to_string()))?;
-    connection
-        .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
-        .await
-        .map_err(|err| MigrationError::Apply(err.to_string()))?;
-    applied
+    match applied {
+        Ok(applied) => {
+            AnsiTransactionManager::commit_transaction(&mut connection)
+                .await
+                .map_err(apply_error)?;
+            Ok(applied)
+        }
+        Err(err) => {
+            // The connection is dropped either way; this only ends the transaction sooner.
+            let _ = AnsiTransactionManager::rollback_transaction(&mut connection).await;
+            Err(err)
+        }
+    }
 }
 
-/// Session advisory lock held while migrating. Should it ever equal the hash of a
+/// Transaction advisory lock held while migrating. Should it ever equal the hash of a
 /// value, the only cost is a request waiting for a migration.
 const MIGRATION_LOCK_KEY: i64 = 0x6964_656e_7469_7479; // "identity"
 

@@ -299,6 +299,14 @@ pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     start_app(&url, Some(database), flags).await
 }
 
+/// Like [`spawn_app_with`], reaching the fresh database through `front`, which maps
+/// the database's own URL to the one the application is given (a pooler's).
+pub async fn spawn_app_through(front: impl FnOnce(&str) -> String, flags: &[&str]) -> TestApp {
+    let database = TestDatabase::create().await;
+    let url = front(&database.url);
+    start_app(&url, Some(database), flags).await
+}
+
 /// The application pointed at a port where no database listens.
 pub async fn spawn_app_without_database() -> TestApp {
     // A port that was free a moment ago: nothing listens there (or, in the unlikely

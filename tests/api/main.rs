@@ -15,6 +15,7 @@ mod helpers;
 mod identify;
 mod import;
 mod operations;
+mod pooler;
 mod scenarios;
 mod subscriptions;
 mod validation;
