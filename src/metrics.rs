@@ -312,6 +312,12 @@ fn render_pool(out: &mut Exposition, pool: &DbPool, statements: &StatementCounte
         "SQL statements sent, transaction control included.",
     );
     out.sample("db_statements_total", "", statements.total());
+    out.family(
+        "db_round_trips_total",
+        "counter",
+        "Round trips to the database: pipelined statements count once.",
+    );
+    out.sample("db_round_trips_total", "", statements.round_trips());
 }
 
 fn render_feed(out: &mut Exposition, feed: &FeedStats) {

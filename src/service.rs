@@ -25,20 +25,23 @@
 //! built from the locked state plus our own changes, without reading it back.
 //!
 //! Before all that, one unlocked read answers requests that change nothing (a repeat
-//! customer) on its own; see [`answer_without_writing`].
+//! customer) on its own; see [`read_without_locks`]. When it shows a first order (no
+//! contact holds any value), [`insert_if_still_new`] sends BEGIN, the value locks,
+//! a conditional insert and COMMIT as one pipeline, and takes the steps above only
+//! if the condition failed.
 //!
-//! Round trips: 1 for a request that changes nothing; otherwise that read, BEGIN,
-//! the three locked reads, the writes, COMMIT — five.
+//! Round trips: 1 for a request that changes nothing, 2 for a first order;
+//! otherwise the read, BEGIN, the locked reads, the writes, COMMIT — five.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use diesel_async::AsyncConnection;
-use futures_util::future::{try_join, try_join4};
+use futures_util::future::{join4, try_join, try_join4};
 use tracing::Instrument;
 
 use crate::db::contacts::Provenance;
-use crate::db::{DbError, DbPool, contacts, graph};
+use crate::db::{DbError, DbPool, contacts, graph, prepared};
 use crate::domain::{
     BlockRules, Contact, ContactValue, Decision, Dropped, IdentifyRequest, Identity, Limits,
     Outcome, Screened, decide, screen,
@@ -191,8 +194,16 @@ async fn identify_with_retry(
     // Blocks found in the database mid-attempt; the configured ones are in `policy`.
     let mut blocked_in_database: HashSet<ContactValue> = HashSet::new();
     let mut screened = screen_request(original, policy, &blocked_in_database)?;
-    if let Some(identified) = answer_without_writing(&connection, &screened).await? {
-        return Ok(identified);
+    match read_without_locks(&connection, &screened).await? {
+        Unlocked::Unchanged(identified) => return Ok(identified),
+        Unlocked::New => {
+            if let Some(identified) =
+                insert_if_still_new(&connection, &screened, request_id).await?
+            {
+                return Ok(identified);
+            }
+        }
+        Unlocked::Changes => {}
     }
     for attempt in 1..=MAX_ATTEMPTS {
         let options = Options {
@@ -248,17 +259,27 @@ pub(crate) struct Options<'a> {
     pub request_id: Option<&'a str>,
 }
 
+/// What one unlocked snapshot says about a request.
+enum Unlocked {
+    /// Every value is in one identity: the snapshot is the answer.
+    Unchanged(Identified),
+    /// No live contact holds any value: a first order, worth trying in one pipeline.
+    New,
+    /// Anything else goes through the locked path.
+    Changes,
+}
+
 /// The read-only fast path: when one snapshot shows every value of the request in
 /// one identity, the request changes nothing, and that snapshot is its answer. One
 /// statement, no transaction block, no lock: a repeat customer waits for nobody.
 ///
 /// This is linearizable: a single statement reads one consistent committed state,
 /// and the same request run alone at that instant would have written nothing and
-/// answered the same. Anything else (`None`) goes through the locked path.
-async fn answer_without_writing(
+/// answered the same.
+async fn read_without_locks(
     conn: &diesel_async::AsyncPgConnection,
     request: &IdentifyRequest,
-) -> Result<Option<Identified>, ServiceError> {
+) -> Result<Unlocked, ServiceError> {
     let members: Vec<Contact> =
         contacts::load_members_matching(conn, request.email(), request.phone())
             .await?
@@ -267,14 +288,64 @@ async fn answer_without_writing(
             .collect();
     // Limits only hold back changes; an unchanged answer is never held.
     Ok(match decide(request, &members, Limits::default()) {
-        Decision::Unchanged { primary_id } => Some(Identified {
+        Decision::Unchanged { primary_id } => Unlocked::Unchanged(Identified {
             identity: Identity::from_members(primary_id, members),
             outcome: Outcome::Unchanged,
             merged_primaries: 0,
             held_id: None,
         }),
-        Decision::NewPrimary | Decision::Merge(_) | Decision::Held(_) => None,
+        Decision::NewPrimary => Unlocked::New,
+        Decision::Merge(_) | Decision::Held(_) => Unlocked::Changes,
     })
+}
+
+/// A first order in one round trip: BEGIN, the values' locks, the insert of a
+/// primary on condition that no live contact holds a value (and none is blocked),
+/// COMMIT, all sent at once and run by PostgreSQL in that order.
+///
+/// The decision is still [`decide`]'s, made on the unlocked snapshot; the insert's
+/// condition only checks, under the locks, that its premise (no member) still
+/// holds, so the SQL carries no rule of its own. When it no longer holds (a
+/// concurrent first order with a shared value, a block) nothing is written and the
+/// request takes the locked path (`None`). Under the locks this is exactly the
+/// locked path's new-primary case: every insert of a row holding a value takes
+/// that value's lock, and the insert's snapshot is taken after ours.
+async fn insert_if_still_new(
+    conn: &diesel_async::AsyncPgConnection,
+    request: &IdentifyRequest,
+    request_id: Option<&str>,
+) -> Result<Option<Identified>, ServiceError> {
+    let (email, phone) = (request.email(), request.phone());
+    // `join4`, not `try_join4`: every statement must finish, COMMIT above all, or
+    // the connection would go back to the pool inside a transaction.
+    let (begun, locked, inserted, committed) = join4(
+        prepared::begin(conn),
+        contacts::lock_values(conn, email, phone),
+        contacts::insert_primary_if_new(conn, email, phone, request_id),
+        prepared::commit(conn),
+    )
+    .await;
+    let inserted = match begun
+        .and(locked)
+        .and(inserted)
+        .and_then(|row| committed.map(|()| row))
+    {
+        Ok(inserted) => inserted,
+        Err(err) => match DbError::from(err) {
+            // The locked path retries conflicts; so does this, by taking it.
+            DbError::Conflict(_) => None,
+            other => return Err(other.into()),
+        },
+    };
+    Ok(inserted.map(|row| {
+        let row = Contact::from(row);
+        Identified {
+            identity: Identity::from_members(row.id, vec![row]),
+            outcome: Outcome::NewPrimary,
+            merged_primaries: 0,
+            held_id: None,
+        }
+    }))
 }
 
 pub(crate) async fn identify_once(

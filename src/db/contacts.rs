@@ -166,6 +166,47 @@ pub async fn insert_contact(
     .await
 }
 
+/// Inserts a primary with its `created` event and change, as [`insert_contact`]
+/// does, unless a live contact holds one of the values or one is blocked: the
+/// unlocked read's "this customer is new", checked again after the values' locks
+/// (an earlier statement of the transaction), so it sees every contact and block
+/// committed before them. `None` when it no longer holds.
+pub async fn insert_primary_if_new(
+    mut conn: &AsyncPgConnection,
+    email: Option<&Email>,
+    phone: Option<&Phone>,
+    request_id: Option<&str>,
+) -> QueryResult<Option<ContactRecord>> {
+    static_sql!(
+        InsertPrimaryIfNewSql = "WITH inserted AS ( \
+             INSERT INTO contacts \
+                 (email, phone_number, linked_id, link_precedence, created_at, updated_at) \
+             SELECT $1, $2, NULL, 'primary', clock.now, clock.now \
+             FROM (SELECT clock_timestamp() AS now) AS clock \
+             WHERE NOT EXISTS (SELECT FROM contacts \
+                               WHERE deleted_at IS NULL AND (email = $1 OR phone_number = $2)) \
+               AND NOT EXISTS (SELECT FROM blocked_values \
+                               WHERE (kind = 'email' AND value = $1) OR (kind = 'phone' AND value = $2)) \
+             RETURNING id, phone_number, email, linked_id, created_at, updated_at), \
+         event AS ( \
+             INSERT INTO identity_events \
+                 (kind, contact_id, primary_id, email, phone_number, request_id, created_at) \
+             SELECT 'created', id, id, email, phone_number, $3, created_at FROM inserted), \
+         change AS ( \
+             INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
+             SELECT 'created', ARRAY[id], ARRAY[id], $3 FROM inserted) \
+         SELECT id, phone_number, email, linked_id, created_at, updated_at FROM inserted"
+    );
+    Prepared::<InsertPrimaryIfNewSql, _>::new((
+        Bind::<Nullable<Text>, _>::new(email.map(Email::as_str)),
+        Bind::<Nullable<Text>, _>::new(phone.map(Phone::as_str)),
+        Bind::<Nullable<Text>, _>::new(request_id),
+    ))
+    .get_result(&mut conn)
+    .await
+    .optional()
+}
+
 /// One row a merge re-linked, and its new `updated_at`.
 #[derive(Debug, Clone, Copy, QueryableByName)]
 pub struct Relinked {

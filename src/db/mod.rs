@@ -36,23 +36,60 @@ pub use error::DbError;
 
 pub type DbPool = Pool<AsyncPgConnection>;
 
-/// Counts the SQL statements sent by every connection of a pool, so that tests (and
-/// metrics) can see how many round trips a request costs.
+/// Counts the SQL statements sent by every connection of a pool, and the round
+/// trips they took, so that tests (and metrics) can see what a request costs.
 #[derive(Debug, Clone, Default)]
-pub struct StatementCounter(Arc<AtomicU64>);
+pub struct StatementCounter {
+    statements: Arc<AtomicU64>,
+    round_trips: Arc<AtomicU64>,
+}
 
 impl StatementCounter {
     /// Statements sent so far, transaction control (BEGIN/COMMIT/ROLLBACK) included.
     pub fn total(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    /// Round trips so far: statements sent while none of the same connection was
+    /// waiting for its answer. Pipelined statements share their first one's round
+    /// trip. A statement's first use on a connection also waits for its prepare,
+    /// which is not counted (a connection's first requests cost more).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// The instrumentation for one connection; it counts into this counter.
+    pub fn for_connection(&self) -> ConnectionCounter {
+        ConnectionCounter {
+            totals: self.clone(),
+            in_flight: 0,
+        }
     }
 }
 
-impl Instrumentation for StatementCounter {
+/// One connection's view of a [`StatementCounter`]: what is in flight is per
+/// connection.
+#[derive(Debug)]
+pub struct ConnectionCounter {
+    totals: StatementCounter,
+    in_flight: u32,
+}
+
+impl Instrumentation for ConnectionCounter {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
         // BEGIN, COMMIT and ROLLBACK are sent as queries too, so they show up here.
-        if matches!(event, InstrumentationEvent::StartQuery { .. }) {
-            self.0.fetch_add(1, Ordering::Relaxed);
+        match event {
+            InstrumentationEvent::StartQuery { .. } => {
+                self.totals.statements.fetch_add(1, Ordering::Relaxed);
+                if self.in_flight == 0 {
+                    self.totals.round_trips.fetch_add(1, Ordering::Relaxed);
+                }
+                self.in_flight += 1;
+            }
+            InstrumentationEvent::FinishQuery { .. } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+            }
+            _ => {}
         }
     }
 }
@@ -100,7 +137,7 @@ pub fn pool(
                     .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
                 connection
             };
-            connection.set_instrumentation(statements);
+            connection.set_instrumentation(statements.for_connection());
             Ok(connection)
         }
         .boxed()

@@ -33,6 +33,14 @@ pub trait Binds: Send {
     fn push<'b>(&'b self, index: usize, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()>;
 }
 
+impl Binds for () {
+    fn push<'b>(&'b self, index: usize, _out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        Err(diesel::result::Error::QueryBuilderError(
+            format!("placeholder ${} has no bind value", index + 1).into(),
+        ))
+    }
+}
+
 macro_rules! impl_binds {
     ($(($st:ident, $t:ident, $i:tt)),+) => {
         impl<$($st, $t),+> Binds for ($(Bind<$st, $t>,)+)
@@ -203,6 +211,28 @@ macro_rules! static_sql {
     };
 }
 pub(crate) use static_sql;
+
+static_sql!(BeginSql = "BEGIN");
+static_sql!(CommitSql = "COMMIT");
+
+/// `BEGIN` as a prepared statement, for a transaction sent as one pipeline (see
+/// `service::insert_if_still_new`). A simple-protocol BEGIN would skip the statement
+/// cache's queue and could overtake a statement still being prepared; diesel's
+/// transaction manager is not told, so the pipeline must end with [`commit`].
+pub async fn begin(mut conn: &diesel_async::AsyncPgConnection) -> QueryResult<()> {
+    use diesel_async::RunQueryDsl;
+    Prepared::<BeginSql, _>::new(()).execute(&mut conn).await?;
+    Ok(())
+}
+
+/// `COMMIT` as a prepared statement; see [`begin`]. After a failed statement it
+/// rolls back (PostgreSQL answers `ROLLBACK`), so the connection always leaves the
+/// transaction.
+pub async fn commit(mut conn: &diesel_async::AsyncPgConnection) -> QueryResult<()> {
+    use diesel_async::RunQueryDsl;
+    Prepared::<CommitSql, _>::new(()).execute(&mut conn).await?;
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
