@@ -22,7 +22,7 @@ use crate::service::{
 };
 
 /// Attempts before a batch that keeps racing concurrent merges gives up.
-const MAX_ATTEMPTS: u32 = 16;
+const MAX_ATTEMPTS: u32 = 64;
 
 /// Each order's result, in order: its identity, or why it changed nothing (all its
 /// values are blocked).
@@ -87,6 +87,7 @@ async fn with_retry(
             Err(AttemptError::Database(err)) => match DbError::from(err) {
                 DbError::Conflict(conflict) => {
                     tracing::debug!(attempt, error = %conflict, "transient conflict, retrying");
+                    crate::db::back_off(attempt).await;
                 }
                 other => return Err(other.into()),
             },

@@ -159,6 +159,17 @@ pub struct Config {
     )]
     pub db_prepared_statements: Switch,
 
+    /// How concurrent writes are coordinated (docs/SPEC.md §4): advisory locks under
+    /// READ COMMITTED, or SERIALIZABLE transactions retried on conflict.
+    #[arg(
+        long,
+        env = "DB_ISOLATION",
+        value_enum,
+        default_value_t = Isolation::ReadCommitted,
+        global = true
+    )]
+    pub db_isolation: Isolation,
+
     /// A session connection to the same PostgreSQL, for what a transaction pooler
     /// cannot carry: the change feed's LISTEN and the import's claim on its input.
     #[arg(
@@ -523,6 +534,7 @@ impl Config {
             max_size: self.pool_size,
             acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
             prepared_statements: self.db_prepared_statements == Switch::On,
+            serializable: self.db_isolation == Isolation::Serializable,
         }
     }
 
@@ -541,6 +553,12 @@ impl Config {
 pub enum Switch {
     On,
     Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Isolation {
+    ReadCommitted,
+    Serializable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -21,7 +21,7 @@ use crate::service::{
 };
 
 /// Attempts before a repair gives up under contention, as for identify.
-const MAX_ATTEMPTS: u32 = 16;
+const MAX_ATTEMPTS: u32 = 64;
 
 /// Who asks and under which request, for the ledger and the tables' audit columns.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +54,7 @@ macro_rules! with_retry {
     ($pool:expr, |$conn:ident| $body:expr) => {{
         let mut connection = $pool.get().await?;
         let mut result = Err(ServiceError::Contended);
-        for _ in 1..=MAX_ATTEMPTS {
+        for attempt in 1..=MAX_ATTEMPTS {
             match connection.transaction(async |$conn| $body).await {
                 Ok(value) => {
                     result = Ok(value);
@@ -66,7 +66,7 @@ macro_rules! with_retry {
                     break;
                 }
                 Err(AttemptError::Database(err)) => match DbError::from(err) {
-                    DbError::Conflict(_) => {}
+                    DbError::Conflict(_) => crate::db::back_off(attempt).await,
                     other => {
                         result = Err(other.into());
                         break;
@@ -259,7 +259,7 @@ pub async fn approve_held(
 ) -> Result<(Identified, HeldRecord), ServiceError> {
     let mut blocked_in_database: HashSet<ContactValue> = HashSet::new();
     let mut connection = pool.get().await?;
-    for _ in 1..=MAX_ATTEMPTS {
+    for attempt_number in 1..=MAX_ATTEMPTS {
         let attempt = connection
             .transaction(async |conn| {
                 // The values' locks come before the record's, as in identify (which
@@ -296,7 +296,7 @@ pub async fn approve_held(
             Err(AttemptError::Blocked(values)) => blocked_in_database.extend(values),
             Err(AttemptError::Refused(err)) => return Err(err),
             Err(AttemptError::Database(err)) => match DbError::from(err) {
-                DbError::Conflict(_) => {}
+                DbError::Conflict(_) => crate::db::back_off(attempt_number).await,
                 other => return Err(other.into()),
             },
         }

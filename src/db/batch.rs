@@ -23,7 +23,8 @@ pub async fn plan_for_index_probes(mut conn: &AsyncPgConnection) -> diesel::Quer
 
 /// Takes the value locks of every value, in the global key order single calls use
 /// (they lock the lesser of their two keys first): advisory locks never form a
-/// cycle between batches and single calls.
+/// cycle between batches and single calls. None in a SERIALIZABLE transaction, as
+/// for single calls.
 pub async fn lock_values(
     mut conn: &AsyncPgConnection,
     emails: &[&str],
@@ -36,7 +37,8 @@ pub async fn lock_values(
                  SELECT hashtextextended('email:' || e, 0) AS key FROM unnest($1::text[]) AS e \
                  UNION ALL \
                  SELECT hashtextextended('phone:' || p, 0) FROM unnest($2::text[]) AS p) AS keys \
-             ORDER BY key OFFSET 0) AS ordered",
+             ORDER BY key OFFSET 0) AS ordered \
+         WHERE current_setting('transaction_isolation') <> 'serializable'",
     )
     .bind::<Array<Text>, _>(emails)
     .bind::<Array<Text>, _>(phones)

@@ -43,6 +43,9 @@ impl From<ContactRecord> for Contact {
 /// server process on the database. Locks are taken in key order so that two
 /// requests with the same two values cannot deadlock. The keys are hashed by
 /// PostgreSQL, not by us, so every server build agrees on them.
+///
+/// In a SERIALIZABLE transaction (`DB_ISOLATION=serializable`) no lock is taken:
+/// serializable snapshot isolation aborts one of two requests that would need it.
 pub async fn lock_values(
     mut conn: &AsyncPgConnection,
     email: Option<&Email>,
@@ -51,7 +54,8 @@ pub async fn lock_values(
     static_sql!(
         LockValuesSql = "SELECT pg_advisory_xact_lock(least(e, p)), pg_advisory_xact_lock(greatest(e, p)) \
          FROM (SELECT hashtextextended('email:' || $1, 0) AS e, \
-                      hashtextextended('phone:' || $2, 0) AS p) AS keys"
+                      hashtextextended('phone:' || $2, 0) AS p) AS keys \
+         WHERE current_setting('transaction_isolation') <> 'serializable'"
     );
     Prepared::<LockValuesSql, _>::new((
         Bind::<Nullable<Text>, _>::new(email.map(Email::as_str)),

@@ -105,6 +105,8 @@ pub struct PoolSettings {
     /// Off behind a transaction-mode pooler: statements go unnamed, one exchange
     /// each, instead of prepared once per connection and cached.
     pub prepared_statements: bool,
+    /// Every transaction SERIALIZABLE, and no advisory lock (docs/SPEC.md §4).
+    pub serializable: bool,
 }
 
 impl Default for PoolSettings {
@@ -113,6 +115,7 @@ impl Default for PoolSettings {
             max_size: 16,
             acquire_timeout: Duration::from_secs(5),
             prepared_statements: true,
+            serializable: false,
         }
     }
 }
@@ -124,7 +127,7 @@ pub fn pool(
     statements: StatementCounter,
 ) -> Result<DbPool, String> {
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
-    let prepared_statements = settings.prepared_statements;
+    let (prepared_statements, serializable) = (settings.prepared_statements, settings.serializable);
     manager_config.custom_setup = Box::new(move |url| {
         let statements = statements.clone();
         async move {
@@ -137,6 +140,9 @@ pub fn pool(
                     .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
                 connection
             };
+            if serializable {
+                make_serializable(&mut connection, prepared_statements).await?;
+            }
             connection.set_instrumentation(statements.for_connection());
             Ok(connection)
         }
@@ -157,6 +163,60 @@ pub fn pool(
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|err| err.to_string())
+}
+
+/// Makes every transaction of the connection, and every statement outside one,
+/// SERIALIZABLE. Behind a transaction pooler a SET would stay on one server
+/// connection, so there the database or role must default to it already.
+async fn make_serializable(
+    connection: &mut AsyncPgConnection,
+    session_is_ours: bool,
+) -> diesel::ConnectionResult<()> {
+    use diesel::sql_types::Text;
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = Text)]
+        isolation: String,
+    }
+    let failed = diesel::ConnectionError::CouldntSetupConfiguration;
+    if session_is_ours {
+        return connection
+            .batch_execute("SET default_transaction_isolation TO 'serializable'")
+            .await
+            .map_err(failed);
+    }
+    let setting: Setting =
+        diesel::sql_query("SELECT current_setting('default_transaction_isolation') AS isolation")
+            .get_result(connection)
+            .await
+            .map_err(failed)?;
+    if setting.isolation == "serializable" {
+        Ok(())
+    } else {
+        Err(diesel::ConnectionError::BadConnection(format!(
+            "DB_ISOLATION=serializable behind a transaction pooler \
+             (DB_PREPARED_STATEMENTS=off) needs SERIALIZABLE as the database's default, \
+             since a SET would not stay with the session: ALTER DATABASE … SET \
+             default_transaction_isolation = 'serializable' (it is '{}')",
+            setting.isolation
+        )))
+    }
+}
+
+/// A random pause before running a transaction again that a conflict aborted, so
+/// that the transactions that collided do not collide again in step: up to
+/// 2^attempt ms, at most 100 ms.
+pub async fn back_off(attempt: u32) {
+    use std::hash::BuildHasher;
+
+    let ceiling_ms = 1u64 << attempt.min(7);
+    let ceiling = Duration::from_millis(ceiling_ms.min(100));
+    // A fresh RandomState is randomly keyed: hashing anything gives a random number.
+    let random = std::collections::hash_map::RandomState::new().hash_one(attempt);
+    let fraction = (random % 1024) as u32;
+    tokio::time::sleep(ceiling * fraction / 1024).await;
 }
 
 /// tokio-postgres learns a result column's type it does not know (our enums) with

@@ -566,6 +566,7 @@ async fn apply_with_retry(
             Err(AttemptError::Database(err)) => match DbError::from(err) {
                 DbError::Conflict(conflict) => {
                     tracing::debug!(attempt, error = %conflict, "chunk conflicted, retrying");
+                    crate::db::back_off(attempt).await;
                 }
                 other => return Err(other.to_string()),
             },

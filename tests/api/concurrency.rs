@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use identity_reconciliation::domain::UnionFind;
 
-use crate::helpers::{TestApp, backend_pid, spawn_app_with, wait_until_blocked_by};
+use crate::helpers::{SERIALIZABLE, TestApp, backend_pid, spawn_app_with, wait_until_blocked_by};
 
 /// The merge rule of docs/SPEC.md §4 alone: these tests grow identities past the
 /// identity limits of §10.3 on purpose.
@@ -22,9 +22,9 @@ async fn fire(app: &TestApp, bodies: Vec<Value>) -> Vec<Value> {
     join_all(requests).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_simultaneous_first_orders_make_one_primary() {
-    let app = spawn_app_with(NO_LIMITS).await;
+crate::in_both_isolation_modes! {
+async fn fifty_simultaneous_first_orders_make_one_primary(isolation: &[&str]) {
+    let app = spawn_app_with(&[NO_LIMITS, isolation].concat()).await;
     for round in 0..5 {
         let body =
             json!({"email": format!("rush{round}@x.io"), "phoneNumber": format!("77{round}")});
@@ -42,10 +42,11 @@ async fn fifty_simultaneous_first_orders_make_one_primary() {
         app.assert_invariants().await;
     }
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simultaneous_orders_sharing_one_value_make_one_identity() {
-    let app = spawn_app_with(NO_LIMITS).await;
+crate::in_both_isolation_modes! {
+async fn simultaneous_orders_sharing_one_value_make_one_identity(isolation: &[&str]) {
+    let app = spawn_app_with(&[NO_LIMITS, isolation].concat()).await;
     // Same phone, fifty different emails, all at once: one primary, 49 secondaries.
     let bodies = (0..50)
         .map(|i| json!({"email": format!("shared{i}@x.io"), "phoneNumber": "4242"}))
@@ -60,10 +61,11 @@ async fn simultaneous_orders_sharing_one_value_make_one_identity() {
     assert_eq!(app.identities().await.len(), 1);
     app.assert_invariants().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_pairwise_links_end_as_one_identity() {
-    let app = spawn_app_with(NO_LIMITS).await;
+crate::in_both_isolation_modes! {
+async fn concurrent_pairwise_links_end_as_one_identity(isolation: &[&str]) {
+    let app = spawn_app_with(&[NO_LIMITS, isolation].concat()).await;
     for round in 0..3 {
         let email = |i: usize| format!("r{round}-{i}@x.io");
         let phone = |i: usize| format!("{round}00{i:02}");
@@ -96,6 +98,7 @@ async fn concurrent_pairwise_links_end_as_one_identity() {
         app.assert_invariants().await;
     }
 }
+}
 
 /// The model's identities: values that appeared together in one request, joined.
 fn model_partition(requests: &[(Option<String>, Option<String>)]) -> BTreeSet<BTreeSet<String>> {
@@ -115,9 +118,9 @@ fn model_partition(requests: &[(Option<String>, Option<String>)]) -> BTreeSet<BT
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_random_concurrent_mix_matches_the_union_find_model() {
-    let app = spawn_app_with(NO_LIMITS).await;
+crate::in_both_isolation_modes! {
+async fn a_random_concurrent_mix_matches_the_union_find_model(isolation: &[&str]) {
+    let app = spawn_app_with(&[NO_LIMITS, isolation].concat()).await;
     // A small deterministic generator: reproducible without a seed file.
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move |n: u64| {
@@ -157,15 +160,16 @@ async fn a_random_concurrent_mix_matches_the_union_find_model() {
     let stored: BTreeSet<BTreeSet<String>> = app.identities().await.into_values().collect();
     assert_eq!(stored, model_partition(&requests));
 }
+}
 
+crate::in_both_isolation_modes! {
 /// A merge that commits while a request waits for a primary's lock demotes that
 /// primary under it: the request must start over and lock the new primary, not
 /// write into an identity whose primary it never locked.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_primary_demoted_while_waiting_for_its_lock_is_not_trusted() {
+async fn a_primary_demoted_while_waiting_for_its_lock_is_not_trusted(isolation: &[&str]) {
     use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
-    let app = spawn_app_with(NO_LIMITS).await;
+    let app = spawn_app_with(&[NO_LIMITS, isolation].concat()).await;
     app.identify(Some("a@x.io"), Some("1")).await; // 1: X, the oldest
     app.identify(Some("b@x.io"), Some("2")).await; // 2: Y
     app.identify(Some("c@x.io"), Some("3")).await; // 3: Z
@@ -234,4 +238,61 @@ async fn a_primary_demoted_while_waiting_for_its_lock_is_not_trusted() {
     assert_eq!(answer["contact"]["secondaryContactIds"], json!([2, 3]));
     assert_eq!(app.identities().await.len(), 1);
     app.assert_invariants().await;
+}
+}
+
+/// The two modes differ where they should (docs/SPEC.md §4): under READ COMMITTED
+/// a request waits for its value's advisory lock; under SERIALIZABLE it takes none,
+/// and the application's statements run SERIALIZABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_read_committed_takes_value_locks() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+
+    for (isolation, expected) in [(&[][..], "read committed"), (SERIALIZABLE, "serializable")] {
+        let app = spawn_app_with(&[NO_LIMITS, isolation].concat()).await;
+        let url = app.database.as_ref().unwrap().url.clone();
+        let mut holder = AsyncPgConnection::establish(&url).await.unwrap();
+        let holder_pid = backend_pid(&mut holder).await;
+        holder
+            .batch_execute(
+                "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('email:' || 'a@x.io', 0))",
+            )
+            .await
+            .unwrap();
+        let order = tokio::spawn({
+            let client = app.client.clone();
+            let url = app.url("/identify");
+            async move {
+                let body = json!({"email": "a@x.io", "phoneNumber": "1"});
+                client
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        });
+        if expected == "read committed" {
+            wait_until_blocked_by(&url, holder_pid).await;
+            assert!(
+                !order.is_finished(),
+                "the order did not wait for its value's lock"
+            );
+            holder.batch_execute("COMMIT").await.unwrap();
+            assert_eq!(order.await.unwrap(), 200);
+        } else {
+            let answered = tokio::time::timeout(std::time::Duration::from_secs(30), order)
+                .await
+                .expect("the order waited for an advisory lock");
+            assert_eq!(answered.unwrap(), 200);
+            holder.batch_execute("COMMIT").await.unwrap();
+        }
+        let running = app
+            .query_json("SELECT to_json(current_setting('transaction_isolation')) AS json")
+            .await;
+        assert_eq!(running, [format!("\"{expected}\"")]);
+        app.assert_invariants().await;
+    }
 }

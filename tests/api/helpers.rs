@@ -134,7 +134,7 @@ fn with_database(url: &str, database: &str) -> String {
 /// A fresh, migrated database on the test server, dropped when this is dropped.
 pub struct TestDatabase {
     pub url: String,
-    name: String,
+    pub name: String,
 }
 
 impl TestDatabase {
@@ -765,4 +765,33 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The flags of `DB_ISOLATION=serializable` (docs/SPEC.md §4).
+pub const SERIALIZABLE: &[&str] = &["--db-isolation", "serializable"];
+
+/// Declares `async fn name(isolation: &[&str]) { … }` as a module `name` of two
+/// tests, `read_committed` and `serializable`, each passing its mode's flags
+/// (docs/SPEC.md §4: every concurrency test and fault scenario runs in both).
+#[macro_export]
+macro_rules! in_both_isolation_modes {
+    ($(#[doc = $doc:literal])* async fn $name:ident($flags:ident: &[&str]) $body:block) => {
+        $(#[doc = $doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn run($flags: &'static [&'static str]) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn read_committed() {
+                run(&[]).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn serializable() {
+                run($crate::helpers::SERIALIZABLE).await
+            }
+        }
+    };
 }

@@ -231,3 +231,49 @@ async fn fire(app: &crate::helpers::TestApp, bodies: Vec<Value>) -> Vec<u16> {
         .map(|body| async move { app.post_identify(body).await.0 });
     join_all(requests).await
 }
+
+/// A SET does not survive a transaction pooler, so SERIALIZABLE through one must be
+/// the database's default: without it connections are refused (503, and the log
+/// says what to do); with it, concurrent first orders for one customer make one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serializable_through_a_transaction_pooler_needs_the_database_default() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+
+    let flags = [UNNAMED, crate::helpers::SERIALIZABLE].concat();
+    for database_default in [false, true] {
+        let mut bouncer = None;
+        let app = spawn_app_through(
+            |url| {
+                let started = Bouncer::start(url);
+                let fronted = started.front(url);
+                bouncer = Some(started);
+                fronted
+            },
+            &flags,
+        )
+        .await;
+        let database = app.database.as_ref().expect("a test database");
+        if database_default {
+            // Before anything connects: PgBouncer keeps its server connections.
+            let mut direct = AsyncPgConnection::establish(&database.url).await.unwrap();
+            direct
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} SET default_transaction_isolation = 'serializable'",
+                    database.name
+                ))
+                .await
+                .unwrap();
+        }
+        let body = json!({"email": "once@x.io", "phoneNumber": "1"});
+        let statuses = fire(&app, vec![body; 20]).await;
+        if database_default {
+            assert_eq!(statuses, vec![200; 20]);
+            assert_eq!(app.row_count().await, 1);
+            app.assert_invariants().await;
+        } else {
+            assert_eq!(statuses, vec![503; 20], "connections must be refused");
+        }
+        drop(app);
+        drop(bouncer);
+    }
+}

@@ -138,11 +138,11 @@ fn run_loadgen(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heavy_contention_on_a_small_key_space() {
+crate::in_both_isolation_modes! {
+async fn heavy_contention_on_a_small_key_space(isolation: &[&str]) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create().await;
-    let server = ServerProcess::start(&database.url).await;
+    let server = ServerProcess::start_with(&database.url, 0, isolation).await;
     let scratch = scratch_dir("contention");
     let report = scratch.path().join("report.json");
     let seconds = load_seconds().to_string();
@@ -170,25 +170,28 @@ async fn heavy_contention_on_a_small_key_space() {
     );
     server_check(&database.url);
 }
+}
 
+crate::in_both_isolation_modes! {
 /// An administrator blocks values and resolves held requests while 64 connections
 /// identify over a small key space (docs/SPEC.md §10): no deadlock, every answer a
 /// 200 (or 422 for a request whose every value was blocked), the model check with
 /// the blocked values taken out passes, and `check --deep` rebuilds every identity.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repairs_under_heavy_contention() {
+async fn repairs_under_heavy_contention(isolation: &[&str]) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create().await;
     // Low limits, so that requests are held and there is something to resolve.
     let server = ServerProcess::start_with(
         &database.url,
         0,
-        &["--max-identity-emails", "6", "--max-identity-phones", "6"],
+        &[&["--max-identity-emails", "6", "--max-identity-phones", "6"], isolation].concat(),
     )
     .await;
     let scratch = scratch_dir("repairs");
     let report = scratch.path().join("report.json");
-    let seconds = load_seconds().to_string();
+    // Two seconds more than the others: the administrator's turns, not the load,
+    // are what this scenario counts, and a loaded machine gets through fewer.
+    let seconds = (load_seconds() + 2).to_string();
     let (output, summary) = run_loadgen(
         vec![server.url("")],
         database.url.clone(),
@@ -212,21 +215,26 @@ async fn repairs_under_heavy_contention() {
         summary["ok"], summary["requests"],
         "answers other than identities, holds and blocks: {summary}"
     );
-    assert!(count(&summary, "repairs", "blocked") > 3, "{summary}");
+    // Under SERIALIZABLE a repair that collides with the load is rolled back and run
+    // again after a pause instead of waiting for a lock, and a split collides with
+    // most of a small key space: the administrator gets through fewer turns.
+    let least_blocks = if isolation.is_empty() { 4 } else { 1 };
+    assert!(count(&summary, "repairs", "blocked") >= least_blocks, "{summary}");
     assert!(
-        summary["model_check"]["blocked_values"].as_u64().unwrap() > 3,
+        summary["model_check"]["blocked_values"].as_u64().unwrap() >= least_blocks,
         "{summary}"
     );
     assert_eq!(count(&summary, "repairs", "failed"), 0, "{summary}");
     server_check(&database.url);
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_server_processes_share_one_database() {
+crate::in_both_isolation_modes! {
+async fn two_server_processes_share_one_database(isolation: &[&str]) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create().await;
-    let first = ServerProcess::start(&database.url).await;
-    let second = ServerProcess::start(&database.url).await;
+    let first = ServerProcess::start_with(&database.url, 0, isolation).await;
+    let second = ServerProcess::start_with(&database.url, 0, isolation).await;
     let scratch = scratch_dir("two-servers");
     let report = scratch.path().join("report.json");
     let seconds = load_seconds().to_string();
@@ -250,9 +258,10 @@ async fn two_server_processes_share_one_database() {
     assert_eq!(summary["ok"], summary["requests"], "{summary}");
     server_check(&database.url);
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_stopped_mid_load_then_started_again() {
+crate::in_both_isolation_modes! {
+async fn postgres_stopped_mid_load_then_started_again(isolation: &[&str]) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let scratch = scratch_dir("pg-restart");
     let dir = scratch.path();
@@ -261,7 +270,7 @@ async fn postgres_stopped_mid_load_then_started_again() {
     // It comes back where the server expects it.
     options.port = Some(postgres.port);
     let database_url = postgres.url.clone();
-    let server = ServerProcess::start(&database_url).await;
+    let server = ServerProcess::start_with(&database_url, 0, isolation).await;
 
     let seconds = load_seconds() + 8;
     let load = tokio::spawn(run_loadgen(
@@ -345,12 +354,13 @@ async fn postgres_stopped_mid_load_then_started_again() {
         .await
         .unwrap();
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_killed_mid_load_then_restarted() {
+crate::in_both_isolation_modes! {
+async fn server_killed_mid_load_then_restarted(isolation: &[&str]) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create().await;
-    let mut server = ServerProcess::start(&database.url).await;
+    let mut server = ServerProcess::start_with(&database.url, 0, isolation).await;
     let port = server.port;
     let scratch = scratch_dir("sigkill");
     let seconds = load_seconds() + 4;
@@ -378,7 +388,7 @@ async fn server_killed_mid_load_then_restarted() {
     // The server stays down this long, so the load sees refused connections.
     let downtime = Duration::from_secs(1);
     tokio::time::sleep(downtime).await;
-    let _restarted = ServerProcess::start_on(&database.url, port).await;
+    let _restarted = ServerProcess::start_with(&database.url, port, isolation).await;
 
     let (output, summary) = load.await.unwrap();
     assert_passed(&output, &summary);
@@ -389,4 +399,5 @@ async fn server_killed_mid_load_then_restarted() {
         "{summary}"
     );
     server_check(&database.url);
+}
 }
