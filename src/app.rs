@@ -101,9 +101,12 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state
-            .metrics
-            .render(&state.pool, &state.statements, &state.feed.stats()),
+        state.metrics.render(
+            &state.pool,
+            &state.statements,
+            &state.feed.stats(),
+            state.replica.as_ref().map(|replica| replica.stats()),
+        ),
     )
         .into_response()
 }
@@ -162,6 +165,10 @@ pub async fn serve(
     );
     // Stops the feed's tasks however serving ends.
     let _feed = AbortOnDrop(feed);
+    let _replica = state.replica.clone().map(|replica| {
+        let primary = state.pool.clone();
+        AbortOnDrop(tokio::spawn(async move { replica.watch(primary).await }))
+    });
     let server = crate::server::serve(
         listener,
         router(state.clone()),

@@ -170,6 +170,15 @@ pub struct Config {
     )]
     pub db_isolation: Isolation,
 
+    /// A streaming replica of DATABASE_URL for GraphQL reads; writes, and the answers
+    /// of writes, stay on the primary.
+    #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true, global = true)]
+    pub database_read_url: Option<Secret>,
+
+    /// Reads go back to the primary while the replica is further behind than this.
+    #[arg(long, env = "READ_MAX_LAG_MS", default_value_t = 1000, global = true)]
+    pub read_max_lag_ms: u64,
+
     /// A session connection to the same PostgreSQL, for what a transaction pooler
     /// cannot carry: the change feed's LISTEN and the import's claim on its input.
     #[arg(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::auth::AuthFailure;
 use crate::changefeed::FeedStats;
+use crate::db::replica::ReplicaStats;
 use crate::db::{DbPool, StatementCounter};
 use crate::domain::Outcome;
 
@@ -145,7 +146,13 @@ impl Metrics {
     }
 
     /// The whole registry in Prometheus text format.
-    pub fn render(&self, pool: &DbPool, statements: &StatementCounter, feed: &FeedStats) -> String {
+    pub fn render(
+        &self,
+        pool: &DbPool,
+        statements: &StatementCounter,
+        feed: &FeedStats,
+        replica: Option<ReplicaStats>,
+    ) -> String {
         let mut out = Exposition::default();
         self.render_requests(&mut out);
         self.render_identify(&mut out);
@@ -153,6 +160,9 @@ impl Metrics {
         self.render_auth(&mut out);
         render_pool(&mut out, pool, statements);
         render_feed(&mut out, feed);
+        if let Some(replica) = replica {
+            render_replica(&mut out, &replica);
+        }
         out.0
     }
 
@@ -320,6 +330,36 @@ fn render_pool(out: &mut Exposition, pool: &DbPool, statements: &StatementCounte
     out.sample("db_round_trips_total", "", statements.round_trips());
 }
 
+fn render_replica(out: &mut Exposition, replica: &ReplicaStats) {
+    out.family(
+        "db_replica_up",
+        "gauge",
+        "1 while the read replica answers its probes.",
+    );
+    out.sample("db_replica_up", "", u64::from(replica.up));
+    out.family(
+        "db_replica_lag_seconds",
+        "gauge",
+        "Age of the oldest primary WAL position the replica has not replayed.",
+    );
+    out.sample("db_replica_lag_seconds", "", replica.lag.as_secs_f64());
+    out.family(
+        "db_reads_total",
+        "counter",
+        "Read-only GraphQL operations, by the database that served them.",
+    );
+    out.sample(
+        "db_reads_total",
+        "target=\"replica\"",
+        replica.reads_on_replica,
+    );
+    out.sample(
+        "db_reads_total",
+        "target=\"primary\"",
+        replica.reads_on_primary,
+    );
+}
+
 fn render_feed(out: &mut Exposition, feed: &FeedStats) {
     out.family(
         "identity_events_written_total",
@@ -462,6 +502,7 @@ mod tests {
             &pool,
             &StatementCounter::default(),
             &crate::changefeed::ChangeFeed::new(1, 1).stats(),
+            None,
         );
         assert_valid_exposition(&text);
         assert!(text.contains("method=\"OTHER\""));

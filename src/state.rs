@@ -8,7 +8,8 @@ use std::sync::Arc;
 use crate::auth::Authenticator;
 use crate::changefeed::ChangeFeed;
 use crate::config::Config;
-use crate::db::{DbPool, StatementCounter};
+use crate::db::replica::Replica;
+use crate::db::{DbPool, PoolSettings, StatementCounter};
 use crate::domain::{BlockRules, Outcome};
 use crate::metrics::Metrics;
 use crate::middleware::RateLimiter;
@@ -28,6 +29,8 @@ pub struct App {
     pub policy: Policy,
     /// Wakes `identityEvents` subscribers and announces this process's commits.
     pub feed: Arc<ChangeFeed>,
+    /// `DATABASE_READ_URL`'s replica, for GraphQL reads.
+    pub replica: Option<Arc<Replica>>,
     /// Batches running at once (`BATCH_CONCURRENCY`).
     pub batches: Arc<tokio::sync::Semaphore>,
     pub config: Config,
@@ -39,6 +42,7 @@ pub struct AppState(Arc<App>);
 
 impl AppState {
     pub fn new(pool: DbPool, statements: StatementCounter, config: Config) -> Self {
+        let statements_for_replica = statements.clone();
         Self(Arc::new(App {
             pool: pool.clone(),
             statements,
@@ -62,6 +66,7 @@ impl AppState {
                 limits: config.identity_limits(),
             },
             feed: ChangeFeed::new(usize::from(config.max_subscribers), config.pool_size),
+            replica: replica(&config, &statements_for_replica),
             batches: Arc::new(tokio::sync::Semaphore::new(usize::from(
                 config.batch_concurrency,
             ))),
@@ -70,7 +75,38 @@ impl AppState {
     }
 }
 
+/// The replica's pool; its connections open lazily, so this cannot fail on an
+/// unreachable replica (main checks the URL parses).
+fn replica(config: &Config, statements: &StatementCounter) -> Option<Arc<Replica>> {
+    let url = config.database_read_url.as_ref()?;
+    let settings = PoolSettings {
+        // A hot standby refuses SERIALIZABLE; its reads need no isolation beyond
+        // one statement's snapshot.
+        serializable: false,
+        ..config.pool_settings()
+    };
+    match crate::db::pool(url.expose(), &settings, statements.clone()) {
+        Ok(pool) => Some(Arc::new(Replica::new(
+            pool,
+            std::time::Duration::from_millis(config.read_max_lag_ms),
+        ))),
+        Err(error) => {
+            tracing::error!(%error, "DATABASE_READ_URL unusable: every read goes to the primary");
+            None
+        }
+    }
+}
+
 impl AppState {
+    /// The pool for a read-only GraphQL operation: the replica while it is up and
+    /// close enough behind, else the primary.
+    pub fn read_pool(&self) -> &DbPool {
+        match &self.replica {
+            Some(replica) => replica.choose(&self.pool),
+            None => &self.pool,
+        }
+    }
+
     /// What an identify changed, into the metrics and the request's log line; both
     /// adapters call this, so REST and GraphQL count alike.
     pub fn record_identified(&self, identified: &Identified) {

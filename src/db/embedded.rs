@@ -23,10 +23,12 @@ use std::time::{Duration, Instant};
 /// The superuser `initdb` creates; the server only listens on loopback.
 const SUPERUSER: &str = "postgres";
 /// Who may connect, and how: everyone with the password, nobody without.
-const PG_HBA: &str = "# Written by identity-reconciliation: password (SCRAM) for every connection.
+const PG_HBA: &str = "# Written by identity-reconciliation: password (SCRAM) for every connection,
+# replication (a standby of this cluster) included.
 local all all scram-sha-256
 host  all all 127.0.0.1/32 scram-sha-256
 host  all all ::1/128 scram-sha-256
+host  replication all 127.0.0.1/32 scram-sha-256
 ";
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);

@@ -12,6 +12,7 @@ pub mod graph;
 pub mod imports;
 pub mod invariants;
 pub mod prepared;
+pub mod replica;
 pub mod schema;
 
 use std::sync::Arc;

@@ -37,6 +37,20 @@ use crate::strict_json;
 
 pub use subscription::{MAX_SUBSCRIPTIONS_PER_CONNECTION, SubscriptionRoot};
 
+/// Where this operation's reads go: the read replica's pool for a document of
+/// queries only (while the replica is usable), else the primary's, so a mutation's
+/// answer and everything nested in it reads what the mutation wrote.
+struct ReadPool(crate::db::DbPool);
+
+/// The pool for reads in this operation (the primary outside `execute`, e.g. in a
+/// subscription's payloads).
+fn read_pool<'a>(ctx: &'a async_graphql::Context<'_>) -> &'a crate::db::DbPool {
+    match ctx.data_opt::<ReadPool>() {
+        Some(ReadPool(pool)) => pool,
+        None => &ctx.data_unchecked::<AppState>().pool,
+    }
+}
+
 pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
@@ -130,12 +144,21 @@ async fn execute(
     }
     let principal = authentication.name().to_owned();
     let reads = std::sync::Arc::new(query::ReadAudit::default());
+    let queries_only = checked.document.operations.iter().all(|(_, operation)| {
+        operation.node.ty == async_graphql::parser::types::OperationType::Query
+    });
+    let pool = if queries_only {
+        state.read_pool().clone()
+    } else {
+        state.pool.clone()
+    };
     let request = request
         .data(reads.clone())
         .data(authentication)
         .data(request_id.map(|Extension(id)| id).unwrap_or_default())
-        .data(loader(ContactLoader::new(state.pool.clone())))
-        .data(loader(MembersLoader::new(state.pool.clone())));
+        .data(loader(ContactLoader::new(pool.clone())))
+        .data(loader(MembersLoader::new(pool.clone())))
+        .data(ReadPool(pool));
     let mut response = schema.execute(request).await;
     reads.log(&principal);
     error::log_failures(&response.errors);

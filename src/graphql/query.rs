@@ -89,8 +89,7 @@ impl QueryRoot {
         let page = Page::<i32>::parse(first, after)?;
         let filter = ContactFilter::try_from(filter.unwrap_or_default())?;
 
-        let state = ctx.data_unchecked::<AppState>();
-        let conn = state.pool.get().await.map_err(DbError::from)?;
+        let conn = super::read_pool(ctx).get().await.map_err(DbError::from)?;
         // One row more than asked tells whether another page follows.
         let rows = contacts::page(&conn, &filter, page.after, page.first as i64 + 1)
             .await
@@ -126,8 +125,7 @@ impl QueryRoot {
         phone_number: Option<String>,
     ) -> Result<Option<IdentityNode>> {
         let request = IdentifyRequest::parse(email.as_deref(), phone_number.as_deref())?;
-        let state = ctx.data_unchecked::<AppState>();
-        let identity = service::lookup(&state.pool, &request).await?;
+        let identity = service::lookup(super::read_pool(ctx), &request).await?;
         audit(
             ctx,
             Some("identity"),
@@ -180,8 +178,7 @@ impl QueryRoot {
         if let Some(after) = &page.after {
             check_event_cursor(after)?;
         }
-        let state = ctx.data_unchecked::<AppState>();
-        let mut conn = state.pool.get().await.map_err(DbError::from)?;
+        let mut conn = super::read_pool(ctx).get().await.map_err(DbError::from)?;
         let rows = changes::page_after(&mut conn, page.after.as_ref(), page.fetch_limit())
             .await
             .map_err(DbError::from)?

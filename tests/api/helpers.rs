@@ -307,6 +307,11 @@ pub async fn spawn_app_through(front: impl FnOnce(&str) -> String, flags: &[&str
     start_app(&url, Some(database), flags).await
 }
 
+/// The application on a database of the caller's (`url`), with extra flags.
+pub async fn spawn_app_at(url: &str, flags: &[&str]) -> TestApp {
+    start_app(url, None, flags).await
+}
+
 /// The application pointed at a port where no database listens.
 pub async fn spawn_app_without_database() -> TestApp {
     // A port that was free a moment ago: nothing listens there (or, in the unlikely

@@ -16,6 +16,7 @@ mod identify;
 mod import;
 mod operations;
 mod pooler;
+mod replica;
 mod scenarios;
 mod subscriptions;
 mod validation;

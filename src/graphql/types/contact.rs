@@ -12,7 +12,6 @@ use crate::graphql::error::{ErrorCode, RequireScope, shown};
 use crate::graphql::limits::{LINKED_BECAUSE_COST, MAX_CHAIN_STEPS};
 use crate::graphql::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
 use crate::graphql::query::audit;
-use crate::state::AppState;
 
 /// Whether a contact heads its identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -108,8 +107,10 @@ impl ContactNode {
             .filter_map(|c| c.phone.as_ref().map(|p| p.as_str()))
             .collect();
         let ids: Vec<i32> = members.iter().map(|c| c.id).collect();
-        let state = ctx.data_unchecked::<AppState>();
-        let mut conn = state.pool.get().await.map_err(DbError::from)?;
+        let mut conn = crate::graphql::read_pool(ctx)
+            .get()
+            .await
+            .map_err(DbError::from)?;
         let events = graph::evidence_for(&mut conn, &emails, &phones, &ids)
             .await
             .map_err(DbError::from)?;

@@ -13,7 +13,6 @@ use crate::graphql::limits::{IDENTITY_VALUES_COST, Page, page_size};
 use crate::graphql::loaders::{ContactId, ContactLoader};
 use crate::graphql::query::audit;
 use crate::repair::Blocked;
-use crate::state::AppState;
 
 /// An identity as read once: an `identify` or look-up answer, or a loader's
 /// snapshot. Its lists and its contacts come from the same read; the outcome is
@@ -95,8 +94,10 @@ impl IdentityNode {
     ) -> Result<Connection<OpaqueCursor<i64>, IdentityEvent>> {
         let page = Page::<i64>::parse(first, after)?;
         let members: Vec<i32> = self.0.contacts.iter().map(|c| c.id).collect();
-        let state = ctx.data_unchecked::<AppState>();
-        let mut conn = state.pool.get().await.map_err(DbError::from)?;
+        let mut conn = crate::graphql::read_pool(ctx)
+            .get()
+            .await
+            .map_err(DbError::from)?;
         let rows = graph::history(&mut conn, &members, page.after, page.fetch_limit())
             .await
             .map_err(DbError::from)?;
