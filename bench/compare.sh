@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Two server builds side by side on one database, alternating run by run, so both
 # see the same machine weather: `loadgen`'s default mix at CONNECTIONS (64) for
-# SECONDS_PER_RUN (10) s, REPEATS (3) times each. Prints each run's throughput and
+# SECONDS_PER_RUN (10) s, REPEATS (3) times each (LOADGEN_ARGS adds loadgen flags,
+# e.g. "--mix repeat=100 --api graphql"). Prints each run's throughput and
 # latency; BENCHMARKS.md reports the medians.
 #
 #   bench/compare.sh OLD_BINARY NEW_BINARY
@@ -33,7 +34,8 @@ for round in $(seq 1 "$REPEATS"); do
     for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
     echo "== $which, round $round"
     "$loadgen" --url "http://127.0.0.1:$port" --connections "$CONNECTIONS" \
-      --duration "$SECONDS_PER_RUN" --keys 10000 --progress 0 | grep -E '^(requests|latency)'
+      --duration "$SECONDS_PER_RUN" --keys 10000 --progress 0 ${LOADGEN_ARGS:-} \
+      | grep -E '^(requests|latency)'
     kill -TERM "$server"; wait "$server" || true
   done
 done

@@ -7,8 +7,14 @@
 #      floor, bench/pgbench/minimal-*.sql);
 #   2. 1, 2 and 4 server processes on one database (REPLICAS), 64 loadgen
 #      connections spread over them, the default mix;
-#   3. p99 at 64 connections as the table grows (prefilled with generate_series).
-# Figures are medians of REPEATS runs. Raw results go to $OUT (target/bench).
+#   3. variants at 64 connections, each beside the plain server in the same repeat
+#      (VARIANTS): DB_ISOLATION=serializable, and the server behind a PgBouncer
+#      in transaction mode (DB_PREPARED_STATEMENTS=off), and unnamed statements
+#      without the pooler (DB_PREPARED_STATEMENTS=off, direct);
+#   4. p99 at 64 connections as the table grows (prefilled with generate_series).
+# Figures are medians of REPEATS runs. Raw results go to $OUT (target/bench), the
+# servers' warnings (every non-2xx answer among them) to $OUT/server.log; a run
+# with errors is kept and counted in the tables, not a reason to stop.
 #
 #   bench/run.sh                          # everything (about 25 minutes)
 #   SIZES="100000" REPEATS=1 bench/run.sh # a quick look
@@ -20,6 +26,7 @@ REPEATS="${REPEATS:-3}"
 CONNECTIONS="${CONNECTIONS-1 16 64}"  # CONNECTIONS="" skips the connection sweep
 SIZES="${SIZES-100000 1000000 10000000}"  # SIZES="" skips the table-size runs
 REPLICAS="${REPLICAS-1 2 4}"  # REPLICAS="" skips the server-process runs
+VARIANTS="${VARIANTS-serializable unnamed pgbouncer}"  # VARIANTS="" skips them
 POOL_SIZE="${POOL_SIZE:-16}"
 KEYS="${KEYS:-10000}"
 MIX="${MIX:-new=35,repeat=45,extend=15,bridge=5}"  # loadgen's default
@@ -57,9 +64,10 @@ fresh_database() { # name rows
 }
 
 server_pid=""
-start_server() { # url
-  env ${SERVER_WORKERS:+TOKIO_WORKER_THREADS=$SERVER_WORKERS} \
-    DATABASE_URL="$1" PORT=3900 DB_POOL_SIZE="$POOL_SIZE" RUST_LOG=error "$server_bin" &
+start_server() { # url [VAR=value...]
+  local url="$1"; shift
+  env ${SERVER_WORKERS:+TOKIO_WORKER_THREADS=$SERVER_WORKERS} "$@" \
+    DATABASE_URL="$url" PORT=3900 DB_POOL_SIZE="$POOL_SIZE" RUST_LOG=warn "$server_bin" 2>>"$OUT/server.log" &
   server_pid=$!
   for _ in $(seq 1 200); do curl -fs http://127.0.0.1:3900/readyz >/dev/null 2>&1 && return; sleep 0.1; done
   echo "server did not start" >&2; exit 1
@@ -80,7 +88,7 @@ loadgen_run() { # connections label [mix]
   local before after
   before="$(cpu_ticks | tr '\n' ' ')"
   "$loadgen_bin" --url http://127.0.0.1:3900 --connections "$1" --duration "$SECONDS_PER_RUN" \
-    --keys "$KEYS" --mix "${3:-$MIX}" --progress 0 --max-error-rate 0 --json "$OUT/runs/$2.json" >/dev/null
+    --keys "$KEYS" --mix "${3:-$MIX}" --progress 0 --max-error-rate 0 --json "$OUT/runs/$2.json" >/dev/null || true
   after="$(cpu_ticks | tr '\n' ' ')"
   echo "$before $after $(getconf CLK_TCK)" >"$OUT/runs/$2.cpu"
 }
@@ -122,7 +130,7 @@ if [ -n "$REPLICAS" ]; then
       pids=(); urls=()
       for k in $(seq 1 "$n"); do
         env ${SERVER_WORKERS:+TOKIO_WORKER_THREADS=$SERVER_WORKERS} DATABASE_URL="$url" \
-          PORT=$((3910 + k)) DB_POOL_SIZE="$POOL_SIZE" RUST_LOG=error "$server_bin" &
+          PORT=$((3910 + k)) DB_POOL_SIZE="$POOL_SIZE" RUST_LOG=warn "$server_bin" 2>>"$OUT/server.log" &
         pids+=($!); urls+=(--url "http://127.0.0.1:$((3910 + k))")
       done
       for k in $(seq 1 "$n"); do
@@ -131,11 +139,51 @@ if [ -n "$REPLICAS" ]; then
         done
       done
       "$loadgen_bin" "${urls[@]}" --connections 64 --duration "$SECONDS_PER_RUN" --keys "$KEYS" \
-        --mix "$MIX" --progress 0 --max-error-rate 0 --json "$OUT/runs/replicas-$n-r$repeat.json" >/dev/null
+        --mix "$MIX" --progress 0 --max-error-rate 0 --json "$OUT/runs/replicas-$n-r$repeat.json" >/dev/null || true
       kill -TERM "${pids[@]}"; wait "${pids[@]}" || true
       echo "   repeat $repeat, $n server process(es) done"
     done
   done
+fi
+
+if [ -n "$VARIANTS" ]; then
+  echo "== variants (64 connections, the default mix and half new, half repeat)"
+  bouncer_port=""
+  if [[ " $VARIANTS " == *" pgbouncer "* ]]; then
+    bouncer_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    cat >"$OUT/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=$port user=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = any
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = 500
+ignore_startup_parameters = extra_float_digits,options
+INI
+    chmod 644 "$OUT/pgbouncer.ini"
+    "${run_as[@]}" "$(command -v pgbouncer || echo /usr/sbin/pgbouncer)" "$OUT/pgbouncer.ini" >"$OUT/pgbouncer.log" 2>&1 &
+    bouncer_pid=$!
+    sleep 1
+  fi
+  for repeat in $(seq 1 "$REPEATS"); do
+    for variant in plain $VARIANTS; do
+      case "$variant" in
+        plain) start_server "$url" ;;
+        serializable) start_server "$url" DB_ISOLATION=serializable ;;
+        pgbouncer) start_server "postgres://postgres@127.0.0.1:$bouncer_port/bench_sweep" DB_PREPARED_STATEMENTS=off ;;
+        unnamed) start_server "$url" DB_PREPARED_STATEMENTS=off ;;
+      esac
+      loadgen_run 64 "variant-$variant-mix-r$repeat"
+      loadgen_run 64 "variant-$variant-half-r$repeat" "new=50,repeat=50"
+      stop_server >/dev/null
+    done
+    echo "   repeat $repeat done"
+  done
+  [ -n "$bouncer_port" ] && kill "$bouncer_pid" 2>/dev/null || true
 fi
 
 echo "== table size (64 connections)"

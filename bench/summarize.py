@@ -82,6 +82,22 @@ if replicas:
         errors = sum(r["requests"] - r["ok"] for r in results)
         print(f"| {n} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors} | {rps / base:.2f} |")
 
+variants = sorted({m for m in re.findall(r"variant-([a-z]+)-mix-", " ".join(os.listdir(runs)))} - {"plain"})
+if variants:
+    print("\nVariants at 64 connections, each run beside the plain server in every repeat:\n")
+    print("| server | mix | req/s | p50 ms | p99 ms | errors | req/s / plain | CPU µs/request: server | CPU µs/request: PostgreSQL + loadgen |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mix, label in (("mix", "default"), ("half", "half new, half repeat")):
+        plain = median([r["ok_rps"] for r in loadgen(f"variant-plain-{mix}-r*.json")])
+        for variant in ["plain"] + variants:
+            results = loadgen(f"variant-{variant}-{mix}-r*.json")
+            rps = median([r["ok_rps"] for r in results])
+            p50 = median([r["latency_ms"]["p50"] for r in results])
+            p99 = median([r["latency_ms"]["p99"] for r in results])
+            errors = sum(r["requests"] - r["ok"] for r in results)
+            server_cpu, rest_cpu = cpu_per_request(f"variant-{variant}-{mix}-r*.cpu")
+            print(f"| {variant} | {label} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors} | {rps / plain:.2f} | {server_cpu:.0f} | {rest_cpu:.0f} |")
+
 peak = open(os.path.join(runs, "server-peak-rss-kib.txt")).read().strip()
 print(f"\nServer peak RSS over the sweep: {int(peak) / 1024:.1f} MiB\n")
 
