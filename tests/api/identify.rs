@@ -372,3 +372,88 @@ async fn each_path_sends_a_fixed_number_of_statements_and_round_trips() {
     );
     app.assert_invariants().await;
 }
+
+/// The first-order pipeline's insert carries a condition, not a rule: it must
+/// insert exactly when `decide` on the members it would see says `NewPrimary` and
+/// no value is blocked (else the locked path takes over). Checked on random
+/// databases of a few identities, soft-deleted contacts and blocked values, each
+/// request in a transaction that is rolled back (docs/ARCHITECTURE.md, "One
+/// `POST /identify`").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_order_condition_agrees_with_decide() {
+    use diesel_async::{AnsiTransactionManager, TransactionManager};
+    use identity_reconciliation::db::{contacts, graph};
+    use identity_reconciliation::domain::{Contact, Decision, IdentifyRequest, Limits, decide};
+
+    let app = spawn_app().await;
+    // A small value space, so that requests often meet existing contacts.
+    let email = |n: u64| format!("m{n}@x.io");
+    let phone = |n: u64| format!("70{n}");
+    let mut seed = 0x5eed_u64;
+    let mut next = move |bound: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % bound
+    };
+    for _ in 0..12 {
+        let (e, p) = (next(24), next(24));
+        app.identify(Some(&email(e)), Some(&phone(p))).await;
+    }
+    app.execute("UPDATE contacts SET deleted_at = now() WHERE id % 5 = 0")
+        .await;
+    app.execute(&format!(
+        "INSERT INTO blocked_values (kind, value, reason, blocked_by) VALUES \
+         ('email', '{}', 'test', 'test'), ('phone', '{}', 'test', 'test')",
+        email(23),
+        phone(22)
+    ))
+    .await;
+
+    let mut conn = app.connection().await;
+    let (mut inserted, mut refused) = (0, 0);
+    for _ in 0..300 {
+        let e = (next(3) > 0).then(|| email(next(26)));
+        let p = (next(3) > 0 || e.is_none()).then(|| phone(next(26)));
+        let request = IdentifyRequest::parse(e.as_deref(), p.as_deref()).unwrap();
+        AnsiTransactionManager::begin_transaction(&mut *conn)
+            .await
+            .unwrap();
+        let shared: &diesel_async::AsyncPgConnection = &conn;
+        let members: Vec<Contact> =
+            contacts::load_members_matching(shared, request.email(), request.phone())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(Contact::from)
+                .collect();
+        let blocked = graph::blocked_among(shared, request.email(), request.phone())
+            .await
+            .unwrap();
+        let expected = matches!(
+            decide(&request, &members, Limits::default()),
+            Decision::NewPrimary
+        ) && blocked.is_empty();
+        let row = contacts::insert_primary_if_new(shared, request.email(), request.phone(), None)
+            .await
+            .unwrap();
+        AnsiTransactionManager::rollback_transaction(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            row.is_some(),
+            expected,
+            "{e:?} {p:?}: members {members:?}, blocked {blocked:?}"
+        );
+        if expected {
+            inserted += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    // Both answers were exercised, or the check proves little.
+    assert!(
+        inserted > 20 && refused > 20,
+        "{inserted} inserted, {refused} refused"
+    );
+}
