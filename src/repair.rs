@@ -55,7 +55,13 @@ macro_rules! with_retry {
         let mut connection = $pool.get().await?;
         let mut result = Err(ServiceError::Contended);
         for attempt in 1..=MAX_ATTEMPTS {
-            match connection.transaction(async |$conn| $body).await {
+            match connection
+                .transaction(async |$conn| {
+                    crate::db::serialize_repair($conn).await?;
+                    $body
+                })
+                .await
+            {
                 Ok(value) => {
                     result = Ok(value);
                     break;
@@ -262,6 +268,7 @@ pub async fn approve_held(
     for attempt_number in 1..=MAX_ATTEMPTS {
         let attempt = connection
             .transaction(async |conn| {
+                crate::db::serialize_repair(conn).await?;
                 // The values' locks come before the record's, as in identify (which
                 // updates the record under them), so the two cannot deadlock.
                 let unlocked = pending(graph::find_held(conn, id, false).await?, id)?;

@@ -215,13 +215,11 @@ async fn repairs_under_heavy_contention(isolation: &[&str]) {
         summary["ok"], summary["requests"],
         "answers other than identities, holds and blocks: {summary}"
     );
-    // Under SERIALIZABLE a repair that collides with the load is rolled back and run
-    // again after a pause instead of waiting for a lock, and a split collides with
-    // most of a small key space: the administrator gets through fewer turns.
-    let least_blocks = if isolation.is_empty() { 4 } else { 1 };
-    assert!(count(&summary, "repairs", "blocked") >= least_blocks, "{summary}");
+    // Under SERIALIZABLE too: a repair takes the contacts table first (see
+    // `db::serialize_repair`), or the stream of small transactions starves it.
+    assert!(count(&summary, "repairs", "blocked") > 3, "{summary}");
     assert!(
-        summary["model_check"]["blocked_values"].as_u64().unwrap() >= least_blocks,
+        summary["model_check"]["blocked_values"].as_u64().unwrap() > 3,
         "{summary}"
     );
     assert_eq!(count(&summary, "repairs", "failed"), 0, "{summary}");
