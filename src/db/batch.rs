@@ -8,6 +8,7 @@ use diesel::sql_types::{Array, BigInt, Int4, Int8, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::contacts::ContactRecord;
+use super::graph::{BlockedRow, blocked_values_of};
 use crate::domain::ContactValue;
 
 /// Prices random reads as what they are on a cached or SSD-backed database: at the
@@ -93,14 +94,6 @@ pub async fn load_members_matching(
     .await
 }
 
-#[derive(Debug, QueryableByName)]
-struct BlockedRow {
-    #[diesel(sql_type = Text)]
-    kind: String,
-    #[diesel(sql_type = Text)]
-    value: String,
-}
-
 /// Which of the values administrators blocked (after the locks: every block
 /// committed before them is seen).
 pub async fn blocked_among(
@@ -116,10 +109,7 @@ pub async fn blocked_among(
     .bind::<Array<Text>, _>(phones)
     .load(&mut conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| ContactValue::from_stored(&row.kind, row.value))
-        .collect())
+    Ok(blocked_values_of(rows))
 }
 
 /// An id and a creation time for a row the batch may insert.

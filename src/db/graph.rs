@@ -40,12 +40,20 @@ pub async fn record_merges(
     Ok(())
 }
 
+/// A row of `blocked_values` as read back (every query of it selects `kind, value`).
 #[derive(Debug, QueryableByName)]
-struct BlockedRow {
+pub(crate) struct BlockedRow {
     #[diesel(sql_type = Text)]
     kind: String,
     #[diesel(sql_type = Text)]
     value: String,
+}
+
+/// The values of blocked rows; a kind this build does not know is left out.
+pub(crate) fn blocked_values_of<C: FromIterator<ContactValue>>(rows: Vec<BlockedRow>) -> C {
+    rows.into_iter()
+        .filter_map(|row| ContactValue::from_stored(&row.kind, row.value))
+        .collect()
 }
 
 /// Which of these values administrators blocked. Run after the values' locks, it
@@ -65,10 +73,7 @@ pub async fn blocked_among(
     ))
     .load(&mut conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| ContactValue::from_stored(&row.kind, row.value))
-        .collect())
+    Ok(blocked_values_of(rows))
 }
 
 #[derive(Debug, QueryableByName)]

@@ -166,6 +166,13 @@ pub fn pool(
         .map_err(|err| err.to_string())
 }
 
+/// What a query of one text column, named `value`, answers.
+#[derive(diesel::QueryableByName)]
+struct TextValue {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    value: String,
+}
+
 /// Makes every transaction of the connection, and every statement outside one,
 /// SERIALIZABLE. Behind a transaction pooler a SET would stay on one server
 /// connection, so there the database or role must default to it already.
@@ -173,14 +180,8 @@ async fn make_serializable(
     connection: &mut AsyncPgConnection,
     session_is_ours: bool,
 ) -> diesel::ConnectionResult<()> {
-    use diesel::sql_types::Text;
     use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 
-    #[derive(diesel::QueryableByName)]
-    struct Setting {
-        #[diesel(sql_type = Text)]
-        isolation: String,
-    }
     let failed = diesel::ConnectionError::CouldntSetupConfiguration;
     if session_is_ours {
         return connection
@@ -188,12 +189,12 @@ async fn make_serializable(
             .await
             .map_err(failed);
     }
-    let setting: Setting =
-        diesel::sql_query("SELECT current_setting('default_transaction_isolation') AS isolation")
+    let setting: TextValue =
+        diesel::sql_query("SELECT current_setting('default_transaction_isolation') AS value")
             .get_result(connection)
             .await
             .map_err(failed)?;
-    if setting.isolation == "serializable" {
+    if setting.value == "serializable" {
         Ok(())
     } else {
         Err(diesel::ConnectionError::BadConnection(format!(
@@ -201,7 +202,7 @@ async fn make_serializable(
              (DB_PREPARED_STATEMENTS=off) needs SERIALIZABLE as the database's default, \
              since a SET would not stay with the session: ALTER DATABASE … SET \
              default_transaction_isolation = 'serializable' (it is '{}')",
-            setting.isolation
+            setting.value
         )))
     }
 }
@@ -251,18 +252,12 @@ pub async fn back_off(attempt: u32) {
 /// connection, so each connection meets every enum once, in one transaction that
 /// then drops what it prepared: the types stay known, and no lookup runs again.
 async fn learn_enum_types(connection: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
-    use diesel::sql_types::Text;
     use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 
-    #[derive(diesel::QueryableByName)]
-    struct EnumType {
-        #[diesel(sql_type = Text)]
-        name: String,
-    }
     connection
         .transaction(async |connection| {
-            let enums: Vec<EnumType> = diesel::sql_query(
-                "SELECT format_type(oid, NULL) AS name FROM pg_type \
+            let enums: Vec<TextValue> = diesel::sql_query(
+                "SELECT format_type(oid, NULL) AS value FROM pg_type \
                  WHERE typtype = 'e' AND pg_type_is_visible(oid) ORDER BY 1",
             )
             .load(connection)
@@ -274,7 +269,7 @@ async fn learn_enum_types(connection: &mut AsyncPgConnection) -> diesel::QueryRe
             }
             let columns: Vec<String> = enums
                 .iter()
-                .map(|EnumType { name }| format!("NULL::{name}, NULL::{name}[]"))
+                .map(|TextValue { value: name }| format!("NULL::{name}, NULL::{name}[]"))
                 .collect();
             diesel::sql_query(format!("SELECT {}", columns.join(", ")))
                 .execute(connection)
@@ -342,22 +337,17 @@ pub async fn migrations_applied(
     connection: &mut DbConnection,
 ) -> Result<bool, diesel::result::Error> {
     use diesel::migration::MigrationSource;
-    use diesel::sql_types::Text;
     use diesel_async::RunQueryDsl;
 
-    #[derive(diesel::QueryableByName)]
-    struct Applied {
-        #[diesel(sql_type = Text)]
-        version: String,
-    }
-    let applied: Vec<Applied> = diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
-        .load(connection)
-        .await?;
+    let applied: Vec<TextValue> =
+        diesel::sql_query("SELECT version AS value FROM __diesel_schema_migrations")
+            .load(connection)
+            .await?;
     let embedded = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
         .map_err(diesel::result::Error::QueryBuilderError)?;
     Ok(embedded.iter().all(|migration| {
         let version = migration.name().version().to_string();
-        applied.iter().any(|row| row.version == version)
+        applied.iter().any(|row| row.value == version)
     }))
 }
 

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use std::collections::HashSet;
 
+use crate::db::graph::{BlockedRow, blocked_values_of};
 use crate::db::{DbPool, imports};
 use crate::domain::{ContactValue, Email, Limits, Phone};
 use crate::service::Policy;
@@ -238,14 +239,6 @@ pub async fn migrate(
     Ok(report)
 }
 
-#[derive(Debug, QueryableByName)]
-struct BlockedRow {
-    #[diesel(sql_type = Text)]
-    kind: String,
-    #[diesel(sql_type = Text)]
-    value: String,
-}
-
 /// Every value administrators blocked here.
 async fn blocked_values(
     conn: &mut AsyncPgConnection,
@@ -253,10 +246,7 @@ async fn blocked_values(
     let rows: Vec<BlockedRow> = diesel::sql_query("SELECT kind, value FROM blocked_values")
         .load(conn)
         .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| ContactValue::from_stored(&row.kind, row.value))
-        .collect())
+    Ok(blocked_values_of(rows))
 }
 
 /// `table` or `schema.table`, each part quoted as an identifier.

@@ -310,16 +310,7 @@ async fn wait_for_kind(browser: &fantoccini::Client, kind: &'static str) -> &'st
     let deadline = Instant::now() + PATIENCE;
     let wanted = format!("\"kind\":\"{kind}\"");
     loop {
-        let text: String = browser
-            .execute(
-                "return document.querySelector('.graphiql-response .result-window \
-                 .CodeMirror').CodeMirror.getValue();",
-                vec![],
-            )
-            .await
-            .ok()
-            .and_then(|value| value.as_str().map(|text| text.split_whitespace().collect()))
-            .unwrap_or_default();
+        let text: String = result_text(browser).await.split_whitespace().collect();
         if text.contains(&wanted) {
             return kind;
         }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use identity_reconciliation::db::{self, PoolSettings, StatementCounter};
 
-use crate::helpers::{TestDatabase, spawn_app_through};
+use crate::helpers::{TestApp, TestDatabase, spawn_app_through};
 
 /// Fewer server connections than the application's pool holds, so consecutive
 /// statements of one client land on different server connections.
@@ -119,6 +119,23 @@ impl Drop for Bouncer {
     }
 }
 
+/// The application over a fresh database, reaching it through a PgBouncer of its
+/// own; drop the app before the bouncer.
+async fn spawn_app_behind_bouncer(flags: &[&str]) -> (TestApp, Bouncer) {
+    let mut bouncer = None;
+    let app = spawn_app_through(
+        |url| {
+            let started = Bouncer::start(url);
+            let fronted = started.front(url);
+            bouncer = Some(started);
+            fronted
+        },
+        flags,
+    )
+    .await;
+    (app, bouncer.expect("the bouncer started"))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -139,17 +156,7 @@ const UNNAMED: &[&str] = &[
 /// 503 and a concurrent merge 500, with `prepared statement "s9" does not exist`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_orders_merges_and_reads_work_through_a_transaction_pooler() {
-    let mut bouncer = None;
-    let app = spawn_app_through(
-        |url| {
-            let started = Bouncer::start(url);
-            let fronted = started.front(url);
-            bouncer = Some(started);
-            fronted
-        },
-        UNNAMED,
-    )
-    .await;
+    let (app, bouncer) = spawn_app_behind_bouncer(UNNAMED).await;
 
     // Fifty first orders at once, then fifty orders that each join two of them.
     let firsts = (0..50)
@@ -225,7 +232,7 @@ async fn migrations_run_through_a_transaction_pooler() {
     );
 }
 
-async fn fire(app: &crate::helpers::TestApp, bodies: Vec<Value>) -> Vec<u16> {
+async fn fire(app: &TestApp, bodies: Vec<Value>) -> Vec<u16> {
     let requests = bodies
         .iter()
         .map(|body| async move { app.post_identify(body).await.0 });
@@ -241,17 +248,7 @@ async fn serializable_through_a_transaction_pooler_needs_the_database_default() 
 
     let flags = [UNNAMED, crate::helpers::SERIALIZABLE].concat();
     for database_default in [false, true] {
-        let mut bouncer = None;
-        let app = spawn_app_through(
-            |url| {
-                let started = Bouncer::start(url);
-                let fronted = started.front(url);
-                bouncer = Some(started);
-                fronted
-            },
-            &flags,
-        )
-        .await;
+        let (app, bouncer) = spawn_app_behind_bouncer(&flags).await;
         let database = app.database.as_ref().expect("a test database");
         if database_default {
             // Before anything connects: PgBouncer keeps its server connections.
