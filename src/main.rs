@@ -3,16 +3,22 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use identity_reconciliation::app::{identify as service, import};
 use identity_reconciliation::auth::{self, AuthMode, Scope};
-use identity_reconciliation::config::{
-    Cli, Command, Config, ImportArgs, ImportFormat, KeysCommand, Secret, Switch,
+use identity_reconciliation::db;
+use identity_reconciliation::domain::{Email, Phone};
+use identity_reconciliation::http::router as app;
+use identity_reconciliation::http::{graphql, openapi};
+use identity_reconciliation::ops::config::{
+    Cli, Command, Config, ImportArgs, ImportFormat, KeysCommand, Secret, ServerArgs, Switch,
+    settings_markdown,
 };
-use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use identity_reconciliation::{app, db, graphql, import, openapi, service, telemetry};
+use identity_reconciliation::ops::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use identity_reconciliation::ops::telemetry;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve);
+    let command = cli.command.unwrap_or(Command::Serve(ServerArgs));
     match command {
         Command::PrintSchema => {
             print!("{}", graphql::sdl());
@@ -22,7 +28,11 @@ fn main() -> ExitCode {
             println!("{}", openapi::json());
             return ExitCode::SUCCESS;
         }
-        Command::Serve
+        Command::PrintConfigDocs => {
+            print!("{}", settings_markdown());
+            return ExitCode::SUCCESS;
+        }
+        Command::Serve(_)
         | Command::Migrate
         | Command::Check { .. }
         | Command::Erase { .. }
@@ -41,7 +51,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command, mut config: Config) -> Result<ExitCode, String> {
     // Started on the main thread, before the runtime: the private server is tied to
-    // this thread's life (see `db::embedded`), so it goes down with the process.
+    // this thread's life (see `ops::embedded`), so it goes down with the process.
     let mut embedded = None;
     if config.database_url.is_none() {
         let server = start_private_postgres(&config)?;
@@ -78,7 +88,7 @@ fn start_private_postgres(config: &Config) -> Result<EmbeddedPostgres, String> {
         tracing::info!(
             data_dir = %server.data_dir().display(),
             port = server.port(),
-            password_file = %db::embedded::password_file(server.data_dir()).display(),
+            password_file = %identity_reconciliation::ops::embedded::password_file(server.data_dir()).display(),
             "started private PostgreSQL on 127.0.0.1 (DATABASE_URL is not set); \
              connecting needs the user postgres and the password in password_file"
         );
@@ -117,7 +127,7 @@ async fn run_async(command: Command, config: Config) -> Result<ExitCode, String>
     }
     match command {
         Command::Migrate => return Ok(ExitCode::SUCCESS),
-        Command::Keys { action } => return keys(&pool, action).await,
+        Command::Keys { action } => return keys(&pool, &config, action).await,
         Command::Erase {
             email,
             phone,
@@ -181,15 +191,16 @@ async fn announce_access(state: &app::AppState, config: &Config) -> Result<(), S
             // and serving everyone must be asked for: say both ways out.
             return Err(format!(
                 "refusing to serve on {}: no API key exists and no JWT is configured. Create \
-                 a key (`identity-reconciliation keys create --name NAME --scopes \
-                 identify,read`), configure JWTs, or pass --allow-anonymous \
-                 (ALLOW_ANONYMOUS=true) to serve everyone",
-                config.host
+                 a key (`{} keys create --name NAME --scopes identify,read`), configure \
+                 JWTs, or pass --allow-anonymous (ALLOW_ANONYMOUS=true) to serve everyone",
+                config.host,
+                invocation()
             ));
         }
         AuthMode::Auto if !credentials_exist => tracing::info!(
             "no API key exists: anonymous callers get every scope (create one with \
-             `identity-reconciliation keys create --name NAME --scopes identify,read`)"
+             `{} keys create --name NAME --scopes identify,read`)",
+            invocation()
         ),
         AuthMode::Auto | AuthMode::Required => tracing::info!(
             mode = %state.auth.mode(),
@@ -198,6 +209,30 @@ async fn announce_access(state: &app::AppState, config: &Config) -> Result<(), S
         ),
     }
     Ok(())
+}
+
+/// How the user runs this program, for hints that name a subcommand: a binary that
+/// cargo built is run as the README runs it, any other by its file name.
+fn invocation() -> String {
+    let program = std::path::PathBuf::from(std::env::args_os().next().unwrap_or_default());
+    let profile = program
+        .parent()
+        .and_then(|folder| folder.file_name())
+        .and_then(|name| name.to_str());
+    // target/PROFILE/, or target/TRIPLE/PROFILE/ when cross-compiled.
+    let built_by_cargo = program
+        .ancestors()
+        .skip(2)
+        .take(2)
+        .any(|folder| folder.file_name() == Some(std::ffi::OsStr::new("target")));
+    match profile {
+        Some("release") if built_by_cargo => "cargo run --release --".to_owned(),
+        Some("debug") if built_by_cargo => "cargo run --".to_owned(),
+        _ => program.file_name().map_or_else(
+            || "identity-reconciliation".to_owned(),
+            |name| name.to_string_lossy().into_owned(),
+        ),
+    }
 }
 
 /// `import FILE` or `import --from-postgres URL` (docs/SPEC.md §13.1, §13.2).
@@ -239,11 +274,21 @@ async fn import(pool: &db::DbPool, config: &Config, args: ImportArgs) -> Result<
     } else {
         print!("{}", summary.human());
     }
+    // Orders read and none applied is a failure a script must see, even though
+    // every line was accounted for (in the rejects file).
+    if summary.read > 0 && summary.applied == 0 {
+        tracing::error!(
+            rejected = summary.rejected,
+            rejects = summary.rejects_file.as_deref().unwrap_or("-"),
+            "no order was applied: every line read was rejected"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `keys create | list | revoke`.
-async fn keys(pool: &db::DbPool, action: KeysCommand) -> Result<ExitCode, String> {
+async fn keys(pool: &db::DbPool, config: &Config, action: KeysCommand) -> Result<ExitCode, String> {
     let mut conn = pool.get().await.map_err(|err| err.to_string())?;
     match action {
         KeysCommand::Create { name, scopes } => {
@@ -257,9 +302,27 @@ async fn keys(pool: &db::DbPool, action: KeysCommand) -> Result<ExitCode, String
                     })
                 })
                 .collect::<Result<_, _>>()?;
+            // Under AUTH_MODE=auto the first active key is what turns authentication on
+            // (with no JWTs), for callers who may not know a key was ever made.
+            let jwt_configured = config.jwt_secret.is_some()
+                || config.jwt_jwks_file.is_some()
+                || config.jwt_jwks_url.is_some();
+            let turns_authentication_on = config.auth_mode == AuthMode::Auto
+                && !jwt_configured
+                && !db::api_keys::any_active(&mut conn)
+                    .await
+                    .map_err(|err| err.to_string())?;
             let (id, token) = auth::create_key(&mut conn, &name, &scopes).await?;
             println!("created key {id} ({name}); it is shown once, here, and stored only hashed:");
             println!("{token}");
+            if turns_authentication_on {
+                // On standard error, so the key stays the last line of standard output.
+                eprintln!(
+                    "note: this is the first active key, so with AUTH_MODE=auto every caller now \
+                     needs a key or a JWT: anonymous ones (the README's curl examples too) get \
+                     401 within AUTH_CACHE_SECS. See docs/security.md, \"Auth modes\"."
+                );
+            }
         }
         KeysCommand::List => {
             let keys = db::api_keys::list(&mut conn)
@@ -314,25 +377,18 @@ async fn prune_changes(pool: db::DbPool, days: u32) {
 /// `erase`: prints what was erased as JSON; exit status 2 when nothing matched.
 async fn erase(
     pool: &db::DbPool,
-    email: Option<String>,
-    phone: Option<String>,
+    email: Option<Email>,
+    phone: Option<Phone>,
     primary_contact_id: Option<i32>,
 ) -> Result<ExitCode, String> {
-    use identity_reconciliation::domain::{ContactValue, Email, Phone};
-    use identity_reconciliation::repair::{self, Actor, ErasureTarget};
-    use identity_reconciliation::service::ServiceError;
+    use identity_reconciliation::app::error::ServiceError;
+    use identity_reconciliation::app::repair::{self, Actor, ErasureTarget};
+    use identity_reconciliation::domain::ContactValue;
 
+    // clap has checked that exactly one is given, before anything was started.
     let target = match (email, phone, primary_contact_id) {
-        (Some(email), None, None) => ErasureTarget::Value(ContactValue::Email(
-            Email::parse(&email)
-                .map_err(|err| err.to_string())?
-                .ok_or("--email is blank")?,
-        )),
-        (None, Some(phone), None) => ErasureTarget::Value(ContactValue::Phone(
-            Phone::parse(&phone)
-                .map_err(|err| err.to_string())?
-                .ok_or("--phone is blank")?,
-        )),
+        (Some(email), None, None) => ErasureTarget::Value(ContactValue::Email(email)),
+        (None, Some(phone), None) => ErasureTarget::Value(ContactValue::Phone(phone)),
         (None, None, Some(id)) => ErasureTarget::Primary(id),
         _ => return Err("give exactly one of --email, --phone and --primary-contact-id".into()),
     };
@@ -343,7 +399,7 @@ async fn erase(
     match repair::erase(pool, target, actor).await {
         Ok(erased) => {
             // Subscribers hear of it now rather than at their next fallback poll.
-            if let Err(error) = identity_reconciliation::changefeed::announce(pool).await {
+            if let Err(error) = identity_reconciliation::app::changefeed::announce(pool).await {
                 tracing::debug!(%error, "could not announce the erasure to running servers");
             }
             println!(

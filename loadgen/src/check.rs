@@ -16,8 +16,8 @@ use serde::Serialize;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
+use crate::checks::{Check, error_chain};
 use crate::model::{ModelLog, Node, UnionFind, request_nodes};
-use crate::report::{Check, error_chain};
 use crate::workload::{Request, RunId};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::report::error_chain;
+use crate::checks::error_chain;
 
 const GRAPHQL_IDENTIFY: &str = "mutation($e:String,$p:String){identify(input:{email:$e,phoneNumber:$p}){primaryContactId emails phoneNumbers secondaryContactIds outcome}}";
 

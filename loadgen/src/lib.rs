@@ -10,6 +10,7 @@
 //! - `report`: the summary as text and JSON, and the verdict.
 
 mod check;
+mod checks;
 mod client;
 mod model;
 mod report;

@@ -9,8 +9,8 @@ use std::hash::Hash;
 
 pub use identity_reconciliation::domain::UnionFind;
 
+use crate::checks::Check;
 use crate::client::{Answer, Api};
-use crate::report::Check;
 use crate::workload::{Kind, Request, RunId};
 
 /// What the model relates: a value of this run, by number, or a contact row.

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::report::{Check, Latency, error_chain};
+use crate::checks::{Check, Latency, error_chain};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

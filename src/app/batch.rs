@@ -4,25 +4,22 @@
 //! ([`BatchWorld`]) and writes the outcome set-wise.
 
 use std::cell::Cell;
-use std::collections::{BTreeSet, HashSet};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 
 use diesel_async::AsyncConnection;
-use futures_util::future::{try_join, try_join_all, try_join5};
+use futures_util::future::{try_join, try_join_all, try_join3};
 use tracing::Instrument;
 
+use crate::app::error::{AttemptError, ServiceError};
+use crate::app::identify::{Identified, Policy, screen_request};
+use crate::db::DbPool;
 use crate::db::batch::{self as sql, ChangeRows, HeldRow, LedgerRows, NewRows};
-use crate::db::{DbError, DbPool};
-use crate::domain::{BatchStep, BatchWorld, Contact, ContactValue, IdentifyRequest, Limits};
-use crate::service::{
-    AttemptError, Identified, Policy, ServiceError, check_locked, screen_request,
-};
-
-/// Attempts before a batch that keeps racing concurrent merges gives up.
-const MAX_ATTEMPTS: u32 = 64;
+use crate::db::protocol::{self, Blocks, Retry, Values};
+use crate::domain::{BatchStep, BatchWorld, Contact, IdentifyRequest, Limits};
 
 /// Each order's result, in order: its identity, or why it changed nothing (all its
 /// values are blocked).
@@ -67,33 +64,19 @@ async fn with_retry(
     request_id: Option<&str>,
 ) -> Result<BatchResults, ServiceError> {
     let mut connection = pool.get().await?;
-    let mut blocked_in_database: HashSet<ContactValue> = HashSet::new();
-    for attempt in 1..=MAX_ATTEMPTS {
+    let mut retry = Retry::new();
+    loop {
         let kept: Vec<Result<IdentifyRequest, ServiceError>> = requests
             .iter()
-            .map(|request| screen_request(request, policy, &blocked_in_database))
+            .map(|request| screen_request(request, policy, retry.blocked()))
             .collect();
-        match connection
+        let result = connection
             .transaction(async |conn| once(conn, &kept, policy.limits, request_id).await)
-            .await
-        {
-            Ok(results) => {
-                tracing::Span::current().record("attempts", attempt);
-                return Ok(results);
-            }
-            Err(AttemptError::Raced) => tracing::debug!(attempt, "batch raced a merge, retrying"),
-            Err(AttemptError::Blocked(values)) => blocked_in_database.extend(values),
-            Err(AttemptError::Refused(err)) => return Err(err),
-            Err(AttemptError::Database(err)) => match DbError::from(err) {
-                DbError::Conflict(conflict) => {
-                    tracing::debug!(attempt, error = %conflict, "transient conflict, retrying");
-                    crate::db::back_off(attempt).await;
-                }
-                other => return Err(other.into()),
-            },
+            .await;
+        if let ControlFlow::Break(done) = retry.settle(result).await {
+            return done.map_err(ServiceError::from);
         }
     }
-    Err(ServiceError::Contended)
 }
 
 /// One attempt: the locked reads for every value at once, the plan, the writes.
@@ -104,27 +87,16 @@ async fn once(
     request_id: Option<&str>,
 ) -> Result<BatchResults, AttemptError> {
     let conn: &diesel_async::AsyncPgConnection = conn;
-    let valid: Vec<&IdentifyRequest> = kept.iter().filter_map(|r| r.as_ref().ok()).collect();
-    let emails: Vec<&str> = distinct(valid.iter().filter_map(|r| r.email()).map(|e| e.as_str()));
-    let phones: Vec<&str> = distinct(valid.iter().filter_map(|r| r.phone()).map(|p| p.as_str()));
-    // Sent in this order (try_join polls its futures in argument order).
-    let ((), ((), primaries, members, blocked, now)) = try_join(
-        sql::plan_for_index_probes(conn),
-        try_join5(
-            sql::lock_values(conn, &emails, &phones),
-            sql::lock_matched_primaries(conn, &emails, &phones),
-            sql::load_members_matching(conn, &emails, &phones),
-            sql::blocked_among(conn, &emails, &phones),
-            sql::clock(conn),
-        ),
+    let values = Values::of_all(kept.iter().filter_map(|r| r.as_ref().ok()));
+    // Sent in this order (try_join3 polls its futures in argument order): the plan
+    // setting, the protocol's statements, then the clock, read under the locks.
+    let ((), locked, now) = try_join3(
+        async { Ok::<_, AttemptError>(sql::plan_for_index_probes(conn).await?) },
+        protocol::lock_and_load(conn, &values, Blocks::Refuse),
+        async { Ok::<_, AttemptError>(sql::clock(conn).await?) },
     )
     .await?;
-    if !blocked.is_empty() {
-        return Err(AttemptError::Blocked(blocked));
-    }
-    check_locked(&primaries, &members)?;
-
-    let members = members.into_iter().map(Contact::from).collect();
+    let members = locked.members.into_iter().map(Contact::from).collect();
     plan_and_write(conn, kept, members, now, Times::Clock, limits, request_id).await
 }
 
@@ -441,11 +413,6 @@ impl Remap<'_> {
             }
         }
     }
-}
-
-fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
-    let mut seen = BTreeSet::new();
-    values.filter(|value| seen.insert(*value)).collect()
 }
 
 /// `screen_request` only fails with `Blocked`; anything else is passed on as is.

@@ -2,27 +2,12 @@
 //!
 //! # How `identify` stays correct under concurrency
 //!
-//! Each attempt is one READ COMMITTED transaction:
-//!
-//! 1. advisory locks on the request's normalised values (see
-//!    [`contacts::lock_values`]): requests sharing a value serialise, so two first
-//!    orders with the same email cannot both insert a primary;
-//! 2. the primaries of every matching identity are locked `FOR UPDATE`: requests
-//!    touching one identity through different values serialise on its primary;
-//! 3. if a primary came back demoted (a concurrent merge committed between the
-//!    match and the lock), the attempt rolls back and starts over, so every row
-//!    lock of an attempt is taken in one statement, in id order, and attempts cannot
-//!    deadlock one another;
-//! 4. the members are loaded by a later statement than the locks, so they include
-//!    every row committed by the transactions we waited for; nothing can join them
-//!    until we commit, because joining needs a value lock or a primary lock we hold.
-//!    The loaded identities must be exactly the locked ones, or the attempt starts over.
-//!
-//! The three statements of steps 1, 2 and 4 are pipelined: sent at once, executed by
-//! PostgreSQL in the order sent (diesel-async hands them to tokio-postgres in the
-//! order `try_join3` first polls them), each on its own snapshot. The writes (re-link
-//! and insert) are pipelined too. The decision is the pure [`decide`]; the answer is
-//! built from the locked state plus our own changes, without reading it back.
+//! Each attempt is one transaction through the locking protocol of
+//! [`crate::db::protocol`] (value locks, the matched primaries `FOR UPDATE`, the
+//! members, the check that what was loaded is what was locked), retried by its
+//! [`Retry`]. The decision is the pure [`decide`]; the answer is built from the
+//! locked state plus our own changes, without reading it back. The writes (re-link
+//! and insert) are pipelined.
 //!
 //! Before all that, one unlocked read answers requests that change nothing (a repeat
 //! customer) on its own; see [`read_without_locks`]. When it shows a first order (no
@@ -34,25 +19,21 @@
 //! otherwise the read, BEGIN, the locked reads, the writes, COMMIT — five.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use diesel_async::AsyncConnection;
-use futures_util::future::{join4, try_join, try_join4};
+use futures_util::future::{join4, try_join};
 use tracing::Instrument;
 
+use crate::app::error::{AttemptError, ServiceError};
 use crate::db::contacts::Provenance;
+use crate::db::protocol::{self, Blocks, Retry, Values};
 use crate::db::{DbError, DbPool, contacts, graph, prepared};
 use crate::domain::{
-    BlockRules, Contact, ContactValue, Decision, Dropped, IdentifyRequest, Identity, Limits,
-    Outcome, Screened, decide, screen,
+    BlockRules, Contact, ContactValue, Decision, IdentifyRequest, Identity, Limits, Outcome,
+    Screened, decide, screen,
 };
-
-/// A commit can still race under pathological contention; after this many attempts
-/// the caller gets a retryable "unavailable" instead of an endless loop. Under
-/// SERIALIZABLE a collision aborts rather than waits, and 16 attempts ran out under
-/// the contention scenarios (64 connections on 8 keys): 64, with the pauses of
-/// `db::back_off`, is about 5 s at most.
-const MAX_ATTEMPTS: u32 = 64;
 
 /// What `identify` returns: the merged identity and what the call changed. The
 /// adapters turn the outcome into metrics and log fields.
@@ -80,80 +61,6 @@ impl Policy {
             ContactValue::Email(email) => self.rules.blocks_email(email),
             ContactValue::Phone(phone) => self.rules.blocks_phone(phone),
         }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    /// Concurrent merges kept invalidating this request's locks.
-    #[error("gave up after {MAX_ATTEMPTS} attempts under contention")]
-    Contended,
-    /// The task running the use case panicked: a bug, reported as what it is.
-    #[error("the identify task panicked: {0}")]
-    Panicked(String),
-    /// Every value of the request is blocked (docs/SPEC.md §10.3).
-    #[error("{}", blocked_message(.0))]
-    Blocked(Dropped),
-    /// An administrator's request that cannot apply as asked.
-    #[error("{0}")]
-    Refused(String),
-    #[error("{0}")]
-    NotFound(String),
-}
-
-fn blocked_message(dropped: &Dropped) -> &'static str {
-    match (dropped.email, dropped.phone) {
-        (true, true) => {
-            "both the email and the phoneNumber are blocked values that never link customers"
-        }
-        (true, false) => "the email is a blocked value that never links customers",
-        _ => "the phoneNumber is a blocked value that never links customers",
-    }
-}
-
-impl ServiceError {
-    /// Whether the client should retry later (503) rather than report a bug (500).
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            ServiceError::Db(err) => err.is_unavailable(),
-            ServiceError::Contended => true,
-            ServiceError::Panicked(_)
-            | ServiceError::Blocked(_)
-            | ServiceError::Refused(_)
-            | ServiceError::NotFound(_) => false,
-        }
-    }
-}
-
-impl From<diesel::result::Error> for ServiceError {
-    fn from(err: diesel::result::Error) -> Self {
-        ServiceError::Db(err.into())
-    }
-}
-
-impl From<diesel_async::pooled_connection::deadpool::PoolError> for ServiceError {
-    fn from(err: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
-        ServiceError::Db(err.into())
-    }
-}
-
-/// Why one attempt's transaction was rolled back.
-pub(crate) enum AttemptError {
-    /// A merge committed between our match and our lock: start over.
-    Raced,
-    /// Values an administrator blocked after we screened the request: start over
-    /// without them.
-    Blocked(Vec<ContactValue>),
-    /// An administrator's request that cannot apply (an approval of a resolved hold).
-    Refused(ServiceError),
-    Database(diesel::result::Error),
-}
-
-impl From<diesel::result::Error> for AttemptError {
-    fn from(err: diesel::result::Error) -> Self {
-        AttemptError::Database(err)
     }
 }
 
@@ -194,9 +101,7 @@ async fn identify_with_retry(
     request_id: Option<&str>,
 ) -> Result<Identified, ServiceError> {
     let mut connection = pool.get().await?;
-    // Blocks found in the database mid-attempt; the configured ones are in `policy`.
-    let mut blocked_in_database: HashSet<ContactValue> = HashSet::new();
-    let mut screened = screen_request(original, policy, &blocked_in_database)?;
+    let screened = screen_request(original, policy, &HashSet::new())?;
     match read_without_locks(&connection, &screened).await? {
         Unlocked::Unchanged(identified) => return Ok(identified),
         Unlocked::New => {
@@ -208,37 +113,21 @@ async fn identify_with_retry(
         }
         Unlocked::Changes => {}
     }
-    for attempt in 1..=MAX_ATTEMPTS {
-        let options = Options {
-            limits: policy.limits,
-            request_id,
-        };
-        match connection
+    let options = Options {
+        limits: policy.limits,
+        request_id,
+    };
+    let mut retry = Retry::new();
+    loop {
+        // Blocks found in the database mid-attempt; the configured ones are in `policy`.
+        let screened = screen_request(original, policy, retry.blocked())?;
+        let result = connection
             .transaction(async |conn| identify_once(conn, &screened, options).await)
-            .await
-        {
-            Ok(identified) => {
-                tracing::Span::current().record("attempts", attempt);
-                return Ok(identified);
-            }
-            Err(AttemptError::Raced) => {
-                tracing::debug!(attempt, "primary demoted concurrently, retrying")
-            }
-            Err(AttemptError::Blocked(values)) => {
-                blocked_in_database.extend(values);
-                screened = screen_request(original, policy, &blocked_in_database)?;
-            }
-            Err(AttemptError::Refused(err)) => return Err(err),
-            Err(AttemptError::Database(err)) => match DbError::from(err) {
-                DbError::Conflict(conflict) => {
-                    tracing::debug!(attempt, error = %conflict, "transient conflict, retrying");
-                    crate::db::back_off(attempt).await;
-                }
-                other => return Err(other.into()),
-            },
+            .await;
+        if let ControlFlow::Break(done) = retry.settle(result).await {
+            return done.map_err(ServiceError::from);
         }
     }
-    Err(ServiceError::Contended)
 }
 
 /// The request without its blocked values; refused when none is left.
@@ -284,7 +173,7 @@ async fn read_without_locks(
     conn: &diesel_async::AsyncPgConnection,
     request: &IdentifyRequest,
 ) -> Result<Unlocked, ServiceError> {
-    let members = match contacts::load_members_matching(conn, request.email(), request.phone())
+    let members = match protocol::load_members_matching(conn, &Values::of(request))
         .await
         .map_err(DbError::from)
     {
@@ -327,7 +216,7 @@ async fn insert_if_still_new(
     // the connection would go back to the pool inside a transaction.
     let (begun, locked, inserted, committed) = join4(
         prepared::begin(conn),
-        contacts::lock_values(conn, email, phone),
+        protocol::lock_values(conn, &Values::of(request)),
         contacts::insert_primary_if_new(conn, email, phone, request_id),
         prepared::commit(conn),
     )
@@ -364,19 +253,8 @@ pub(crate) async fn identify_once(
     // by PostgreSQL one after the other in the order sent, each on a fresh snapshot.
     let conn: &diesel_async::AsyncPgConnection = conn;
     let (email, phone) = (request.email(), request.phone());
-    let ((), primaries, members, blocked) = try_join4(
-        contacts::lock_values(conn, email, phone),
-        contacts::lock_matched_primaries(conn, email, phone),
-        contacts::load_members_matching(conn, email, phone),
-        // After the value locks: a block committed while we waited is seen here.
-        graph::blocked_among(conn, email, phone),
-    )
-    .await?;
-    if !blocked.is_empty() {
-        return Err(AttemptError::Blocked(blocked));
-    }
-    check_locked(&primaries, &members)?;
-    let members: Vec<Contact> = members.into_iter().map(Contact::from).collect();
+    let locked = protocol::lock_and_load(conn, &Values::of(request), Blocks::Refuse).await?;
+    let members: Vec<Contact> = locked.members.into_iter().map(Contact::from).collect();
 
     let decision = decide(request, &members, options.limits);
     let mut held_id = None;
@@ -455,28 +333,6 @@ pub(crate) async fn identify_once(
     })
 }
 
-/// The locked primaries must be exactly the identities whose members were loaded,
-/// each still a primary: a merge that committed between the match and the lock
-/// demoted one, or joined another, and the attempt starts over rather than act on
-/// a stale picture.
-pub(crate) fn check_locked(
-    primaries: &[contacts::ContactRecord],
-    members: &[contacts::ContactRecord],
-) -> Result<(), AttemptError> {
-    if primaries.iter().any(|primary| primary.linked_id.is_some()) {
-        return Err(AttemptError::Raced);
-    }
-    let locked: BTreeSet<i32> = primaries.iter().map(|primary| primary.id).collect();
-    let loaded: BTreeSet<i32> = members
-        .iter()
-        .map(|member| member.linked_id.unwrap_or(member.id))
-        .collect();
-    if locked != loaded {
-        return Err(AttemptError::Raced);
-    }
-    Ok(())
-}
-
 /// Why a look-up found no single identity to answer with.
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -498,7 +354,7 @@ pub async fn lookup(
     request: &IdentifyRequest,
 ) -> Result<Option<Identity>, LookupError> {
     let conn = pool.get().await.map_err(ServiceError::from)?;
-    let members = contacts::load_members_matching(&conn, request.email(), request.phone())
+    let members = protocol::load_members_matching(&conn, &Values::of(request))
         .await
         .map_err(ServiceError::from)?;
     let primary_ids: BTreeSet<i32> = members

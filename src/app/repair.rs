@@ -5,23 +5,20 @@
 //! matched primaries `FOR UPDATE`), so it serialises with every identify touching
 //! the identities it changes and with nothing else.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use futures_util::future::try_join3;
 
+use crate::app::error::{AttemptError, ServiceError};
+use crate::app::identify::{Identified, Options, Policy, identify_once, screen_request};
 use crate::db::graph::{self, HeldRecord, SplitComponent};
-use crate::db::{DbError, DbPool, contacts, erasure};
+use crate::db::protocol::{self, Blocks, Retry, Values};
+use crate::db::{DbPool, erasure};
 use crate::domain::{
     Contact, ContactValue, Email, Evidence, IdentifyRequest, Identity, Limits, Phone, components,
     live_evidence,
 };
-use crate::service::{
-    AttemptError, Identified, Options, Policy, ServiceError, identify_once, screen_request,
-};
-
-/// Attempts before a repair gives up under contention, as for identify.
-const MAX_ATTEMPTS: u32 = 64;
 
 /// Who asks and under which request, for the ledger and the tables' audit columns.
 #[derive(Debug, Clone, Copy)]
@@ -47,40 +44,26 @@ impl Blocked {
     }
 }
 
-/// Runs `$body` (with the transaction's connection as `$conn`) until it neither
-/// races a merge nor conflicts. A macro: an async closure's future cannot be
+/// Runs `$body` (with the transaction's connection as `$conn`, and the values found
+/// blocked so far as `$blocked`) in the protocol's retry loop, each attempt after
+/// [`protocol::serialize_repair`]. A macro: an async closure's future cannot be
 /// required to be `Send` in a generic function's bounds.
 macro_rules! with_retry {
-    ($pool:expr, |$conn:ident| $body:expr) => {{
+    ($pool:expr, |$conn:ident, $blocked:ident| $body:expr) => {{
         let mut connection = $pool.get().await?;
-        let mut result = Err(ServiceError::Contended);
-        for attempt in 1..=MAX_ATTEMPTS {
-            match connection
+        let mut retry = Retry::new();
+        loop {
+            let $blocked = retry.blocked().clone();
+            let result = connection
                 .transaction(async |$conn| {
-                    crate::db::serialize_repair($conn).await?;
+                    protocol::serialize_repair($conn).await?;
                     $body
                 })
-                .await
-            {
-                Ok(value) => {
-                    result = Ok(value);
-                    break;
-                }
-                Err(AttemptError::Raced | AttemptError::Blocked(_)) => {}
-                Err(AttemptError::Refused(err)) => {
-                    result = Err(err);
-                    break;
-                }
-                Err(AttemptError::Database(err)) => match DbError::from(err) {
-                    DbError::Conflict(_) => crate::db::back_off(attempt).await,
-                    other => {
-                        result = Err(other.into());
-                        break;
-                    }
-                },
+                .await;
+            if let ControlFlow::Break(done) = retry.settle(result).await {
+                break done.map_err(ServiceError::from);
             }
         }
-        result
     }};
 }
 
@@ -92,7 +75,10 @@ pub async fn block_value(
     reason: &str,
     actor: Actor<'_>,
 ) -> Result<Blocked, ServiceError> {
-    with_retry!(pool, |conn| block_once(conn, &value, reason, actor).await)
+    with_retry!(pool, |conn, _blocked| block_once(
+        conn, &value, reason, actor
+    )
+    .await)
 }
 
 async fn block_once(
@@ -101,27 +87,9 @@ async fn block_once(
     reason: &str,
     actor: Actor<'_>,
 ) -> Result<Blocked, AttemptError> {
-    let (email, phone) = (value.email(), value.phone());
-    let members = {
-        let shared: &AsyncPgConnection = conn;
-        let ((), primaries, members) = try_join3(
-            contacts::lock_values(shared, email, phone),
-            contacts::lock_matched_primaries(shared, email, phone),
-            contacts::load_members_matching(shared, email, phone),
-        )
-        .await?;
-        if primaries.iter().any(|primary| primary.linked_id.is_some()) {
-            return Err(AttemptError::Raced);
-        }
-        let locked: HashSet<i32> = primaries.iter().map(|primary| primary.id).collect();
-        if members
-            .iter()
-            .any(|member| !locked.contains(&member.linked_id.unwrap_or(member.id)))
-        {
-            return Err(AttemptError::Raced);
-        }
-        members
-    };
+    let members = protocol::lock_and_load(conn, &Values::one(value), Blocks::Ignore)
+        .await?
+        .members;
     graph::insert_block(conn, value, reason, actor.principal, actor.request_id).await?;
 
     // The members as they will be: without the value; those left empty go.
@@ -234,10 +202,9 @@ pub async fn unblock_value(
     value: ContactValue,
     actor: Actor<'_>,
 ) -> Result<bool, ServiceError> {
-    let (email, phone) = (value.email(), value.phone());
-    with_retry!(pool, |conn| {
+    with_retry!(pool, |conn, _blocked| {
         // The value's lock, as a block takes it: the two serialise.
-        contacts::lock_values(conn, email, phone).await?;
+        protocol::lock_values(conn, &Values::one(&value)).await?;
         Ok::<_, AttemptError>(graph::delete_block(conn, &value, actor.request_id).await?)
     })
 }
@@ -263,52 +230,33 @@ pub async fn approve_held(
     policy: &Policy,
     actor: Actor<'_>,
 ) -> Result<(Identified, HeldRecord), ServiceError> {
-    let mut blocked_in_database: HashSet<ContactValue> = HashSet::new();
-    let mut connection = pool.get().await?;
-    for attempt_number in 1..=MAX_ATTEMPTS {
-        let attempt = connection
-            .transaction(async |conn| {
-                crate::db::serialize_repair(conn).await?;
-                // The values' locks come before the record's, as in identify (which
-                // updates the record under them), so the two cannot deadlock.
-                let unlocked = pending(graph::find_held(conn, id, false).await?, id)?;
-                let request = IdentifyRequest::new(
-                    unlocked.email.clone().map(Email::from_stored),
-                    unlocked.phone_number.clone().map(Phone::from_stored),
-                )
-                .map_err(|err| AttemptError::Refused(ServiceError::Refused(err.to_string())))?;
-                contacts::lock_values(conn, request.email(), request.phone()).await?;
-                let held = pending(graph::find_held(conn, id, true).await?, id)?;
-                let request = screen_request(&request, policy, &blocked_in_database)
-                    .map_err(AttemptError::Refused)?;
-                let options = Options {
-                    limits: Limits::default(),
-                    request_id: actor.request_id,
-                };
-                let identified = identify_once(conn, &request, options).await?;
-                let record = graph::resolve_held(
-                    conn,
-                    &held,
-                    Some(identified.identity.primary_id),
-                    actor.principal,
-                    actor.request_id,
-                )
-                .await?;
-                Ok((identified, record))
-            })
-            .await;
-        match attempt {
-            Ok(done) => return Ok(done),
-            Err(AttemptError::Raced) => {}
-            Err(AttemptError::Blocked(values)) => blocked_in_database.extend(values),
-            Err(AttemptError::Refused(err)) => return Err(err),
-            Err(AttemptError::Database(err)) => match DbError::from(err) {
-                DbError::Conflict(_) => crate::db::back_off(attempt_number).await,
-                other => return Err(other.into()),
-            },
-        }
-    }
-    Err(ServiceError::Contended)
+    with_retry!(pool, |conn, blocked| {
+        // The values' locks come before the record's, as in identify (which updates
+        // the record under them), so the two cannot deadlock.
+        let unlocked = pending(graph::find_held(conn, id, false).await?, id)?;
+        let request = IdentifyRequest::new(
+            unlocked.email.clone().map(Email::from_stored),
+            unlocked.phone_number.clone().map(Phone::from_stored),
+        )
+        .map_err(|err| AttemptError::Refused(ServiceError::Refused(err.to_string())))?;
+        protocol::lock_values(conn, &Values::of(&request)).await?;
+        let held = pending(graph::find_held(conn, id, true).await?, id)?;
+        let request = screen_request(&request, policy, &blocked).map_err(AttemptError::Refused)?;
+        let options = Options {
+            limits: Limits::default(),
+            request_id: actor.request_id,
+        };
+        let identified = identify_once(conn, &request, options).await?;
+        let record = graph::resolve_held(
+            conn,
+            &held,
+            Some(identified.identity.primary_id),
+            actor.principal,
+            actor.request_id,
+        )
+        .await?;
+        Ok::<_, AttemptError>((identified, record))
+    })
 }
 
 /// Marks a held request rejected; with `block_suspect`, also blocks its suspect
@@ -320,12 +268,12 @@ pub async fn reject_held(
     actor: Actor<'_>,
 ) -> Result<(HeldRecord, Option<Blocked>), ServiceError> {
     let reason = format!("suspect value of rejected held request {id}");
-    with_retry!(pool, |conn| {
+    with_retry!(pool, |conn, _blocked| {
         // The values' locks before the record's, as in identify and approveHeld.
         let unlocked = pending(graph::find_held(conn, id, false).await?, id)?;
-        let email = unlocked.email.clone().map(Email::from_stored);
-        let phone = unlocked.phone_number.clone().map(Phone::from_stored);
-        contacts::lock_values(conn, email.as_ref(), phone.as_ref()).await?;
+        let email = unlocked.email.as_deref();
+        let phone = unlocked.phone_number.as_deref();
+        protocol::lock_values(conn, &Values::new(email, phone)).await?;
         let held = pending(graph::find_held(conn, id, true).await?, id)?;
         let record =
             graph::resolve_held(conn, &held, None, actor.principal, actor.request_id).await?;
@@ -366,7 +314,8 @@ pub async fn erase(
     target: ErasureTarget,
     actor: Actor<'_>,
 ) -> Result<Erased, ServiceError> {
-    with_retry!(pool, |conn| erase_once(conn, &target, actor).await)
+    with_retry!(pool, |conn, _blocked| erase_once(conn, &target, actor)
+        .await)
 }
 
 async fn erase_once(
@@ -386,7 +335,7 @@ async fn erase_once(
             .await?
         }
         ErasureTarget::Primary(id) => {
-            let rows = erasure::identity_rows(conn, *id, false).await?;
+            let rows = erasure::identity_rows(conn, *id).await?;
             if !rows
                 .iter()
                 .any(|row| row.id == *id && row.linked_id.is_none())
@@ -397,7 +346,7 @@ async fn erase_once(
         }
     };
     let rows = match primary_id {
-        Some(primary_id) => erasure::identity_rows(conn, primary_id, false).await?,
+        Some(primary_id) => erasure::identity_rows(conn, primary_id).await?,
         None => Vec::new(),
     };
     let (mut emails, mut phones) = values_of(&rows);
@@ -429,26 +378,28 @@ async fn erase_once(
     }
     let emails: Vec<String> = emails.into_iter().collect();
     let phones: Vec<String> = phones.into_iter().collect();
-    erasure::lock_all_values(conn, &emails, &phones).await?;
+    let values = Values::new(
+        emails.iter().map(String::as_str),
+        phones.iter().map(String::as_str),
+    );
+    let locked = protocol::lock_and_load(conn, &values, Blocks::Ignore).await?;
 
-    // Under the locks: the identity must be the one read, with no value unlocked.
-    let locked_rows = match primary_id {
-        Some(primary_id) => erasure::identity_rows(conn, primary_id, true).await?,
-        None => Vec::new(),
-    };
-    let still_primary = primary_id.is_none_or(|primary_id| {
-        locked_rows
-            .iter()
-            .any(|row| row.id == primary_id && row.linked_id.is_none())
-    });
-    let (locked_emails, locked_phones) = values_of(&locked_rows);
-    let unlocked_value = locked_emails.iter().any(|e| !emails.contains(e))
-        || locked_phones.iter().any(|p| !phones.contains(p));
-    if !still_primary || unlocked_value {
+    // Under the locks the identity must be the one read, and nobody else may hold a
+    // value about to be erased: it would be theirs too.
+    let locked_primaries: Vec<i32> = locked.primaries.iter().map(|row| row.id).collect();
+    if locked_primaries != primary_id.into_iter().collect::<Vec<_>>() {
         return Err(AttemptError::Raced);
     }
-    // Nobody else may hold a value about to be erased: it would be theirs too.
-    if erasure::held_elsewhere(conn, &emails, &phones, primary_id).await? {
+    // Its rows, soft-deleted ones included, under its primary's lock: none may hold a
+    // value that was not locked.
+    let locked_rows = match primary_id {
+        Some(primary_id) => erasure::identity_rows(conn, primary_id).await?,
+        None => Vec::new(),
+    };
+    let (locked_emails, locked_phones) = values_of(&locked_rows);
+    if locked_emails.iter().any(|e| !emails.contains(e))
+        || locked_phones.iter().any(|p| !phones.contains(p))
+    {
         return Err(AttemptError::Raced);
     }
 

@@ -14,7 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::{AuthFailure, Principal, Scopes};
-use crate::config::Secret;
+use crate::auth::Secret;
 
 /// Seconds of clock difference tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 30;

@@ -5,6 +5,10 @@
 pub mod jwt;
 pub mod keys;
 pub mod mask;
+mod secret;
+pub mod throttle;
+
+pub use secret::Secret;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,7 +21,7 @@ use chrono::Utc;
 use clap::ValueEnum;
 
 use crate::db::{DbError, DbPool, api_keys};
-use crate::middleware::{ClientKey, RateLimiter};
+use throttle::{ClientKey, RateLimiter};
 
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

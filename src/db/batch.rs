@@ -1,15 +1,11 @@
-//! The statements of a batch identify (docs/SPEC.md §13): the single call's locked
-//! reads over every value of the batch at once, and its writes set-wise, so that a
-//! batch of a thousand orders costs a few statements.
+//! The statements of a batch identify (docs/SPEC.md §13) beyond the locking
+//! protocol's (which reads every value of the batch at once): its writes, set-wise,
+//! so that a batch of a thousand orders costs a few statements.
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Int4, Int8, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-
-use super::contacts::ContactRecord;
-use super::graph::{BlockedRow, blocked_values_of};
-use crate::domain::ContactValue;
 
 /// Prices random reads as what they are on a cached or SSD-backed database: at the
 /// default (4, for spinning disks) PostgreSQL reads the whole contacts table to
@@ -20,96 +16,6 @@ pub async fn plan_for_index_probes(mut conn: &AsyncPgConnection) -> diesel::Quer
         .execute(&mut conn)
         .await?;
     Ok(())
-}
-
-/// Takes the value locks of every value, in the global key order single calls use
-/// (they lock the lesser of their two keys first): advisory locks never form a
-/// cycle between batches and single calls. None in a SERIALIZABLE transaction, as
-/// for single calls.
-pub async fn lock_values(
-    mut conn: &AsyncPgConnection,
-    emails: &[&str],
-    phones: &[&str],
-) -> diesel::QueryResult<()> {
-    // OFFSET 0 keeps the subquery, and so its order, from being flattened away.
-    diesel::sql_query(
-        "SELECT count(pg_advisory_xact_lock(key)) FROM ( \
-             SELECT DISTINCT key FROM ( \
-                 SELECT hashtextextended('email:' || e, 0) AS key FROM unnest($1::text[]) AS e \
-                 UNION ALL \
-                 SELECT hashtextextended('phone:' || p, 0) FROM unnest($2::text[]) AS p) AS keys \
-             ORDER BY key OFFSET 0) AS ordered \
-         WHERE current_setting('transaction_isolation') <> 'serializable'",
-    )
-    .bind::<Array<Text>, _>(emails)
-    .bind::<Array<Text>, _>(phones)
-    .execute(&mut conn)
-    .await?;
-    Ok(())
-}
-
-/// Locks the primaries of every identity holding one of the values, in id order,
-/// and returns them as they are once locked.
-pub async fn lock_matched_primaries(
-    mut conn: &AsyncPgConnection,
-    emails: &[&str],
-    phones: &[&str],
-) -> diesel::QueryResult<Vec<ContactRecord>> {
-    diesel::sql_query(
-        "SELECT id, phone_number, email, linked_id, created_at, updated_at FROM contacts \
-         WHERE deleted_at IS NULL AND id IN ( \
-             SELECT coalesce(linked_id, id) FROM contacts \
-             WHERE deleted_at IS NULL AND (email = ANY($1) OR phone_number = ANY($2))) \
-         ORDER BY id FOR UPDATE",
-    )
-    .bind::<Array<Text>, _>(emails)
-    .bind::<Array<Text>, _>(phones)
-    .load(&mut conn)
-    .await
-}
-
-/// Every live member of every identity holding one of the values. Two joins, not
-/// one on `id = p OR linked_id = p`, which no index serves; `linked_id IS NOT
-/// NULL` is the partial index's predicate, which a join clause does not prove.
-pub async fn load_members_matching(
-    mut conn: &AsyncPgConnection,
-    emails: &[&str],
-    phones: &[&str],
-) -> diesel::QueryResult<Vec<ContactRecord>> {
-    diesel::sql_query(
-        "WITH primaries AS ( \
-             SELECT DISTINCT coalesce(linked_id, id) AS id FROM contacts \
-             WHERE deleted_at IS NULL AND (email = ANY($1) OR phone_number = ANY($2))) \
-         SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
-         FROM contacts c JOIN primaries p ON c.id = p.id WHERE c.deleted_at IS NULL \
-         UNION ALL \
-         SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
-         FROM contacts c JOIN primaries p ON c.linked_id = p.id \
-         WHERE c.deleted_at IS NULL AND c.linked_id IS NOT NULL \
-         ORDER BY created_at, id",
-    )
-    .bind::<Array<Text>, _>(emails)
-    .bind::<Array<Text>, _>(phones)
-    .load(&mut conn)
-    .await
-}
-
-/// Which of the values administrators blocked (after the locks: every block
-/// committed before them is seen).
-pub async fn blocked_among(
-    mut conn: &AsyncPgConnection,
-    emails: &[&str],
-    phones: &[&str],
-) -> diesel::QueryResult<Vec<ContactValue>> {
-    let rows: Vec<BlockedRow> = diesel::sql_query(
-        "SELECT kind, value FROM blocked_values \
-         WHERE (kind = 'email' AND value = ANY($1)) OR (kind = 'phone' AND value = ANY($2))",
-    )
-    .bind::<Array<Text>, _>(emails)
-    .bind::<Array<Text>, _>(phones)
-    .load(&mut conn)
-    .await?;
-    Ok(blocked_values_of(rows))
 }
 
 /// An id and a creation time for a row the batch may insert.

@@ -1,6 +1,6 @@
-//! Query functions over the `contacts` table. The reconciliation statements are
-//! hand-written SQL because their locking behaviour is the point of them; the
-//! service decides when each runs, inside its transaction.
+//! Query functions over the `contacts` table: the writes of identify (hand-written
+//! SQL, each with its ledger row and change event in the same statement) and the
+//! plain reads. The locked reads are the protocol's ([`super::protocol`]).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -34,64 +34,6 @@ impl From<ContactRecord> for Contact {
             updated_at: record.updated_at,
         }
     }
-}
-
-/// Takes transaction-scoped advisory locks on the request's normalised values.
-///
-/// Every row holding a value is inserted by a transaction that holds this value's
-/// lock, so two requests sharing a value run one after the other, across every
-/// server process on the database. Locks are taken in key order so that two
-/// requests with the same two values cannot deadlock. The keys are hashed by
-/// PostgreSQL, not by us, so every server build agrees on them.
-///
-/// In a SERIALIZABLE transaction (`DB_ISOLATION=serializable`) no lock is taken:
-/// serializable snapshot isolation aborts one of two requests that would need it.
-pub async fn lock_values(
-    mut conn: &AsyncPgConnection,
-    email: Option<&Email>,
-    phone: Option<&Phone>,
-) -> QueryResult<()> {
-    static_sql!(
-        LockValuesSql = "SELECT pg_advisory_xact_lock(least(e, p)), pg_advisory_xact_lock(greatest(e, p)) \
-         FROM (SELECT hashtextextended('email:' || $1, 0) AS e, \
-                      hashtextextended('phone:' || $2, 0) AS p) AS keys \
-         WHERE current_setting('transaction_isolation') <> 'serializable'"
-    );
-    Prepared::<LockValuesSql, _>::new((
-        Bind::<Nullable<Text>, _>::new(email.map(Email::as_str)),
-        Bind::<Nullable<Text>, _>::new(phone.map(Phone::as_str)),
-    ))
-    .execute(&mut conn)
-    .await?;
-    Ok(())
-}
-
-/// Locks (`FOR UPDATE`, in id order) the primaries of every identity holding the
-/// email or the phone, and returns their current versions.
-///
-/// The matching runs on this statement's snapshot but the rows come back as they are
-/// once locked: a primary that a concurrent merge demoted comes back with a
-/// `linked_id`, which tells the caller to start over.
-pub async fn lock_matched_primaries(
-    mut conn: &AsyncPgConnection,
-    email: Option<&Email>,
-    phone: Option<&Phone>,
-) -> QueryResult<Vec<ContactRecord>> {
-    static_sql!(
-        LockMatchedPrimariesSql = "SELECT id, phone_number, email, linked_id, created_at, updated_at \
-         FROM contacts \
-         WHERE deleted_at IS NULL AND id IN ( \
-             SELECT coalesce(linked_id, id) FROM contacts \
-             WHERE deleted_at IS NULL AND (email = $1 OR phone_number = $2)) \
-         ORDER BY id \
-         FOR UPDATE"
-    );
-    Prepared::<LockMatchedPrimariesSql, _>::new((
-        Bind::<Nullable<Text>, _>::new(email.map(Email::as_str)),
-        Bind::<Nullable<Text>, _>::new(phone.map(Phone::as_str)),
-    ))
-    .load(&mut conn)
-    .await
 }
 
 /// Every live contact of the identities headed by `primary_ids`, in contact order.
@@ -253,34 +195,6 @@ pub async fn find_by_ids(
         .select(ContactRecord::as_select())
         .load(&mut conn)
         .await
-}
-
-/// Every live member of every identity holding the email or the phone, in contact
-/// order. Takes no lock: under the locks of [`lock_values`] and
-/// [`lock_matched_primaries`], taken by earlier statements of the same transaction,
-/// it sees the identities as they are locked.
-pub async fn load_members_matching(
-    mut conn: &AsyncPgConnection,
-    email: Option<&Email>,
-    phone: Option<&Phone>,
-) -> QueryResult<Vec<ContactRecord>> {
-    static_sql!(
-        LoadMembersMatchingSql = "WITH primaries AS ( \
-             SELECT DISTINCT coalesce(linked_id, id) AS id FROM contacts \
-             WHERE deleted_at IS NULL AND (email = $1 OR phone_number = $2)) \
-         SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
-         FROM contacts c JOIN primaries p ON c.id = p.id WHERE c.deleted_at IS NULL \
-         UNION ALL \
-         SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
-         FROM contacts c JOIN primaries p ON c.linked_id = p.id WHERE c.deleted_at IS NULL \
-         ORDER BY created_at, id"
-    );
-    Prepared::<LoadMembersMatchingSql, _>::new((
-        Bind::<Nullable<Text>, _>::new(email.map(Email::as_str)),
-        Bind::<Nullable<Text>, _>::new(phone.map(Phone::as_str)),
-    ))
-    .load(&mut conn)
-    .await
 }
 
 /// Which contacts a page lists; every given criterion must hold.

@@ -18,25 +18,15 @@ pub struct ErasedRow {
     pub linked_id: Option<i32>,
 }
 
-/// Every row of the identity headed by `primary_id`, soft-deleted ones included;
-/// with `lock`, locked, the primary first (as `identify` locks it: a merge that holds
-/// it and re-links the secondaries must not find one of them locked by us).
+/// Every row of the identity headed by `primary_id`, soft-deleted ones included.
 pub async fn identity_rows(
     conn: &mut AsyncPgConnection,
     primary_id: i32,
-    lock: bool,
 ) -> diesel::QueryResult<Vec<ErasedRow>> {
-    if lock {
-        diesel::sql_query("SELECT id FROM contacts WHERE id = $1 FOR UPDATE")
-            .bind::<Int4, _>(primary_id)
-            .execute(conn)
-            .await?;
-    }
-    let lock = if lock { "FOR UPDATE" } else { "" };
-    diesel::sql_query(format!(
+    diesel::sql_query(
         "SELECT id, email, phone_number, linked_id FROM contacts \
-         WHERE id = $1 OR linked_id = $1 ORDER BY id {lock}"
-    ))
+         WHERE id = $1 OR linked_id = $1 ORDER BY id",
+    )
     .bind::<Int4, _>(primary_id)
     .load(conn)
     .await
@@ -95,55 +85,6 @@ pub async fn held_values(
         .filter_map(|row| row.phone_number.clone())
         .collect();
     Ok((held_emails, held_phones))
-}
-
-#[derive(Debug, QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    count: i64,
-}
-
-/// Whether a live contact outside the identity headed by `primary_id` (any, for
-/// `None`) holds one of these values.
-pub async fn held_elsewhere(
-    conn: &mut AsyncPgConnection,
-    emails: &[String],
-    phones: &[String],
-    primary_id: Option<i32>,
-) -> diesel::QueryResult<bool> {
-    let row: Count = diesel::sql_query(
-        "SELECT count(*) AS count FROM contacts \
-         WHERE deleted_at IS NULL AND (email = ANY($1) OR phone_number = ANY($2)) \
-           AND coalesce(linked_id, id) IS DISTINCT FROM $3",
-    )
-    .bind::<Array<Text>, _>(emails)
-    .bind::<Array<Text>, _>(phones)
-    .bind::<Nullable<Int4>, _>(primary_id)
-    .get_result(conn)
-    .await?;
-    Ok(row.count > 0)
-}
-
-/// Transaction-scoped advisory locks on every value, in key order: the order
-/// `identify` takes its two in, so the two cannot deadlock.
-pub async fn lock_all_values(
-    conn: &mut AsyncPgConnection,
-    emails: &[String],
-    phones: &[String],
-) -> diesel::QueryResult<()> {
-    diesel::sql_query(
-        "SELECT pg_advisory_xact_lock(key) FROM ( \
-             SELECT DISTINCT key FROM ( \
-                 SELECT hashtextextended('email:' || e, 0) AS key FROM unnest($1::text[]) AS e \
-                 UNION ALL \
-                 SELECT hashtextextended('phone:' || p, 0) FROM unnest($2::text[]) AS p) AS all_keys \
-             ORDER BY key) AS keys",
-    )
-    .bind::<Array<Text>, _>(emails)
-    .bind::<Array<Text>, _>(phones)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// What one erasure removed.

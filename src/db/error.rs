@@ -2,10 +2,10 @@
 //! now (retry later: 503), did PostgreSQL abort us to resolve a conflict (retry the
 //! transaction), or did a query fail (a bug: 500)?
 //!
-//! diesel-async keeps the SQLSTATE of only a few errors (it maps serialization
-//! failures to a kind of its own) and hides the rest behind the message. The
-//! messages below are PostgreSQL's own for their SQLSTATE, which servers send
-//! untranslated unless `lc_messages` says otherwise.
+//! By SQLSTATE, never by message (`lc_messages` translates messages): diesel-async
+//! maps each SQLSTATE to a `DatabaseErrorKind` (vendor/diesel-async/PATCHES.md adds
+//! the codes upstream leaves `Unknown`: 40P01 as a serialization failure, classes
+//! 08, 53 and 57P as a closed connection), and this module reads only the kind.
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::PoolError;
@@ -26,24 +26,6 @@ pub enum DbError {
     Query(DieselError),
 }
 
-/// PostgreSQL's messages for SQLSTATE class 57P (operator intervention: shutdown,
-/// start-up, recovery), the class 08 conditions it reports as errors, and running
-/// out of shared memory (53200).
-const UNAVAILABLE_MESSAGES: [&str; 7] = [
-    // 53200, e.g. the lock table full under many large batches: a moment later
-    // there is room again.
-    "out of shared memory",
-    "terminating connection due to administrator command",
-    "terminating connection due to unexpected postmaster exit",
-    "terminating connection due to idle-session timeout",
-    "the database system is shutting down",
-    "the database system is starting up",
-    "the database system is in recovery mode",
-];
-
-/// PostgreSQL's message for SQLSTATE 40P01.
-const DEADLOCK_MESSAGE: &str = "deadlock detected";
-
 impl From<DieselError> for DbError {
     fn from(err: DieselError) -> Self {
         match err {
@@ -57,22 +39,15 @@ impl From<DieselError> for DbError {
             DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, info) => {
                 DbError::Conflict(info.message().to_owned())
             }
-            DieselError::DatabaseError(_, info) if info.message().starts_with(DEADLOCK_MESSAGE) => {
-                DbError::Conflict(info.message().to_owned())
-            }
-            DieselError::DatabaseError(_, info)
-                if UNAVAILABLE_MESSAGES
-                    .iter()
-                    .any(|known| info.message().starts_with(known)) =>
-            {
-                DbError::Unavailable(info.message().to_owned())
-            }
             DieselError::DatabaseError(kind, info)
                 if info.message().starts_with("prepared statement")
                     && info.message().ends_with("does not exist") =>
             {
                 // The statement was prepared on one server connection and run on
-                // another: a transaction pooler sits between us and PostgreSQL.
+                // another: a transaction pooler sits between us and PostgreSQL. The
+                // one message read here, for a hint in the log: it classifies
+                // nothing (the error stays a failed query), and if a translation
+                // hides it, only the hint is lost.
                 tracing::error!(
                     error = info.message(),
                     "is DATABASE_URL a transaction-mode pooler such as PgBouncer? \
@@ -107,16 +82,22 @@ mod tests {
 
     #[test]
     fn each_failure_is_classified_once() {
+        // diesel-async reports 57P01 (administrator command) as a closed connection,
+        // whatever the message's language.
         let shutting_down = database_error(
-            DatabaseErrorKind::Unknown,
-            "terminating connection due to administrator command",
+            DatabaseErrorKind::ClosedConnection,
+            "Verbindung wird abgebrochen aufgrund von Anweisung des Administrators",
         );
         assert!(DbError::from(shutting_down).is_unavailable());
         let closed = database_error(DatabaseErrorKind::ClosedConnection, "connection closed");
         assert!(DbError::from(closed).is_unavailable());
         assert!(DbError::from(DieselError::BrokenTransactionManager).is_unavailable());
-        let deadlock = database_error(DatabaseErrorKind::Unknown, "deadlock detected");
+        // ... and 40P01 (deadlock) as a serialization failure.
+        let deadlock = database_error(DatabaseErrorKind::SerializationFailure, "Verklemmung");
         assert!(matches!(DbError::from(deadlock), DbError::Conflict(_)));
+        // A message alone decides nothing.
+        let worded_like_one = database_error(DatabaseErrorKind::Unknown, "deadlock detected");
+        assert!(matches!(DbError::from(worded_like_one), DbError::Query(_)));
         let serialization = database_error(
             DatabaseErrorKind::SerializationFailure,
             "could not serialize access",

@@ -56,26 +56,6 @@ pub(crate) fn blocked_values_of<C: FromIterator<ContactValue>>(rows: Vec<Blocked
         .collect()
 }
 
-/// Which of these values administrators blocked. Run after the values' locks, it
-/// sees every block committed before them.
-pub async fn blocked_among(
-    mut conn: &AsyncPgConnection,
-    email: Option<&Email>,
-    phone: Option<&Phone>,
-) -> diesel::QueryResult<Vec<ContactValue>> {
-    static_sql!(
-        BlockedAmongSql = "SELECT kind, value FROM blocked_values \
-         WHERE (kind = 'email' AND value = $1) OR (kind = 'phone' AND value = $2)"
-    );
-    let rows: Vec<BlockedRow> = Prepared::<BlockedAmongSql, _>::new((
-        Bind::<Nullable<Text>, _>::new(email.map(Email::as_str)),
-        Bind::<Nullable<Text>, _>::new(phone.map(Phone::as_str)),
-    ))
-    .load(&mut conn)
-    .await?;
-    Ok(blocked_values_of(rows))
-}
-
 #[derive(Debug, QueryableByName)]
 struct HeldId {
     #[diesel(sql_type = Int8)]

@@ -112,6 +112,48 @@ pub async fn start(
     .await
 }
 
+/// Starts an import that committed nothing over again, as [`start`] would, for an
+/// input that may have changed since (a refusal at its first lines, then a fix):
+/// nothing of the refused attempt holds, not its start time, nor its floor, nor its
+/// input's fingerprint. `None` when it has committed a chunk meanwhile.
+pub async fn restart(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    fingerprint: &str,
+    format: &str,
+) -> diesel::QueryResult<Option<ImportRecord>> {
+    diesel::sql_query(format!(
+        "UPDATE imports SET fingerprint = $2, format = $3, sequences = {}, \
+             last_ordered_at = (SELECT max(created_at) FROM contacts), \
+             started_at = clock_timestamp(), updated_at = clock_timestamp() \
+         WHERE id = $1 AND lines_done = 0 AND finished_at IS NULL \
+         RETURNING {COLUMNS}",
+        sequence_positions()
+    ))
+    .bind::<Int8, _>(id)
+    .bind::<Text, _>(fingerprint)
+    .bind::<Text, _>(format)
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// Records that an interrupted import goes on with an input whose first 64 KiB
+/// changed (fixed after the line it stopped at): a later run of the fixed input
+/// must find this import, finished or not, as its own.
+pub async fn refingerprint(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    fingerprint: &str,
+) -> diesel::QueryResult<()> {
+    diesel::sql_query("UPDATE imports SET fingerprint = $2 WHERE id = $1")
+        .bind::<Int8, _>(id)
+        .bind::<Text, _>(fingerprint)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Where a chunk leaves its import; the counts are the chunk's own.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
@@ -201,17 +243,6 @@ pub async fn release(conn: &mut AsyncPgConnection, fingerprint: &str) -> diesel:
     diesel::sql_query("SELECT pg_advisory_unlock(hashtextextended('import:' || $1, 0))")
         .bind::<Text, _>(fingerprint)
         .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Locks `contacts` against every writer for the rest of the transaction; plain
-/// reads go on. Single calls, batches and repairs lock rows of `contacts` (or
-/// insert into it) before anything they could make a chunk wait for, so a chunk
-/// that takes this first can neither deadlock with them nor interleave.
-pub async fn lock_contacts(mut conn: &AsyncPgConnection) -> diesel::QueryResult<()> {
-    diesel::sql_query("LOCK TABLE contacts IN EXCLUSIVE MODE")
-        .execute(&mut conn)
         .await?;
     Ok(())
 }

@@ -5,13 +5,13 @@ pub mod api_keys;
 pub mod batch;
 pub mod changes;
 pub mod contacts;
-pub mod embedded;
 pub mod erasure;
 mod error;
 pub mod graph;
 pub mod imports;
 pub mod invariants;
 pub mod prepared;
+pub mod protocol;
 pub mod replica;
 pub mod schema;
 
@@ -205,31 +205,6 @@ async fn make_serializable(
             setting.value
         )))
     }
-}
-
-/// Under SERIALIZABLE an administrator's repair (a split re-links many rows) keeps
-/// losing to the stream of small identify transactions it collides with: in the
-/// repairs scenario a block never committed in 64 attempts. So, first in its
-/// transaction and before its snapshot (neither statement takes one), a repair
-/// takes the contacts table as an import chunk does: writers wait for it, so none
-/// can abort it. Under READ COMMITTED the value and row locks already order it.
-pub async fn serialize_repair(conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
-    use diesel::sql_types::Text;
-    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-
-    #[derive(diesel::QueryableByName)]
-    struct Isolation {
-        #[diesel(sql_type = Text)]
-        transaction_isolation: String,
-    }
-    let isolation: Isolation = diesel::sql_query("SHOW transaction_isolation")
-        .get_result(conn)
-        .await?;
-    if isolation.transaction_isolation == "serializable" {
-        conn.batch_execute("LOCK TABLE contacts IN EXCLUSIVE MODE")
-            .await?;
-    }
-    Ok(())
 }
 
 /// A random pause before running a transaction again that a conflict aborted, so

@@ -6,6 +6,7 @@ mod batch;
 mod blocklist;
 mod contact_info;
 mod graph;
+pub mod json;
 mod reconcile;
 mod union_find;
 

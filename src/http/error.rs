@@ -1,6 +1,7 @@
-//! The API error: every failure a client can see, and its REST rendering
-//! (`{"error": {"code", "message"}}` with a fitting status). Internals are logged
-//! once here, where the error is handled, and never sent to the client.
+//! The API error: every failure a client can see, the one table of its codes
+//! ([`Code`]: REST code, GraphQL code, HTTP status), and its REST rendering
+//! (`{"error": {"code", "message", "field"}}`). Internals are logged once here, where
+//! the error is handled, and never sent to the client.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -8,9 +9,162 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::app::error::{ErrorKind, ServiceError};
 use crate::auth::{AuthFailure, Denied, Scope};
 use crate::domain::{Field, InputError};
-use crate::service::ServiceError;
+
+/// Every code a client can meet, with its REST name, its GraphQL name
+/// (`extensions.code`) and the HTTP status of a REST answer. This is the error table
+/// of docs/SPEC.md §5–§6; nothing else names a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    /// A request that cannot apply as asked, or not a GraphQL-over-HTTP request.
+    BadRequest,
+    Unauthenticated,
+    Forbidden,
+    ForbiddenOrigin,
+    NotFound,
+    MethodNotAllowed,
+    BlockedValue,
+    RateLimited,
+    ServiceUnavailable,
+    Timeout,
+    Internal,
+    /// GraphQL only: the document is not GraphQL (Apollo's code).
+    GraphqlParseFailed,
+    /// GraphQL only: the document does not fit the schema (Apollo's code).
+    GraphqlValidationFailed,
+    /// GraphQL only: a change-event cursor from before what retention kept.
+    CursorExpired,
+    /// GraphQL only: an answer over `GRAPHQL_MAX_RESPONSE_BYTES`.
+    ResponseTooLarge,
+}
+
+impl Code {
+    /// REST name, GraphQL name, HTTP status.
+    const fn entry(self) -> (&'static str, &'static str, StatusCode) {
+        match self {
+            Code::InvalidInput => ("INVALID_INPUT", "BAD_USER_INPUT", StatusCode::BAD_REQUEST),
+            Code::PayloadTooLarge => (
+                "PAYLOAD_TOO_LARGE",
+                "PAYLOAD_TOO_LARGE",
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            Code::UnsupportedMediaType => (
+                "UNSUPPORTED_MEDIA_TYPE",
+                "UNSUPPORTED_MEDIA_TYPE",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ),
+            Code::BadRequest => ("BAD_REQUEST", "BAD_USER_INPUT", StatusCode::BAD_REQUEST),
+            Code::Unauthenticated => (
+                "UNAUTHENTICATED",
+                "UNAUTHENTICATED",
+                StatusCode::UNAUTHORIZED,
+            ),
+            Code::Forbidden => ("FORBIDDEN", "FORBIDDEN", StatusCode::FORBIDDEN),
+            Code::ForbiddenOrigin => (
+                "FORBIDDEN_ORIGIN",
+                "FORBIDDEN_ORIGIN",
+                StatusCode::FORBIDDEN,
+            ),
+            Code::NotFound => ("NOT_FOUND", "NOT_FOUND", StatusCode::NOT_FOUND),
+            Code::MethodNotAllowed => (
+                "METHOD_NOT_ALLOWED",
+                "METHOD_NOT_ALLOWED",
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            Code::BlockedValue => (
+                "BLOCKED_VALUE",
+                "BLOCKED_VALUE",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            Code::RateLimited => (
+                "RATE_LIMITED",
+                "RATE_LIMITED",
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            Code::ServiceUnavailable => (
+                "SERVICE_UNAVAILABLE",
+                "SERVICE_UNAVAILABLE",
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            Code::Timeout => ("TIMEOUT", "TIMEOUT", StatusCode::SERVICE_UNAVAILABLE),
+            Code::Internal => ("INTERNAL", "INTERNAL", StatusCode::INTERNAL_SERVER_ERROR),
+            Code::GraphqlParseFailed => (
+                "GRAPHQL_PARSE_FAILED",
+                "GRAPHQL_PARSE_FAILED",
+                StatusCode::BAD_REQUEST,
+            ),
+            Code::GraphqlValidationFailed => (
+                "GRAPHQL_VALIDATION_FAILED",
+                "GRAPHQL_VALIDATION_FAILED",
+                StatusCode::BAD_REQUEST,
+            ),
+            Code::CursorExpired => ("CURSOR_EXPIRED", "CURSOR_EXPIRED", StatusCode::GONE),
+            Code::ResponseTooLarge => (
+                "RESPONSE_TOO_LARGE",
+                "RESPONSE_TOO_LARGE",
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        }
+    }
+
+    pub const fn rest(self) -> &'static str {
+        self.entry().0
+    }
+
+    pub const fn graphql(self) -> &'static str {
+        self.entry().1
+    }
+
+    pub const fn status(self) -> StatusCode {
+        self.entry().2
+    }
+
+    /// How a request field is named: GraphQL calls the input as a whole `input`
+    /// where REST calls it the `body`.
+    pub fn rest_field(field: Field) -> &'static str {
+        field.as_str()
+    }
+
+    pub fn graphql_field(field: Field) -> &'static str {
+        match field {
+            Field::Body => "input",
+            field => field.as_str(),
+        }
+    }
+}
+
+impl Code {
+    /// A GraphQL error with this code and `message`.
+    pub fn error(self, message: impl Into<String>) -> async_graphql::Error {
+        use async_graphql::ErrorExtensions;
+        async_graphql::Error::new(message.into())
+            .extend_with(|_, extensions| extensions.set("code", self.graphql()))
+    }
+
+    /// A GraphQL client error about the argument (or input field) `field`.
+    pub fn argument_error(self, field: &str, message: impl Into<String>) -> async_graphql::Error {
+        use async_graphql::ErrorExtensions;
+        self.error(message)
+            .extend_with(|_, extensions| extensions.set("field", field))
+    }
+}
+
+impl From<ErrorKind> for Code {
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::Refused => Code::BadRequest,
+            ErrorKind::NotFound => Code::NotFound,
+            ErrorKind::BlockedValue => Code::BlockedValue,
+            ErrorKind::Unavailable => Code::ServiceUnavailable,
+            ErrorKind::Internal => Code::Internal,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -55,61 +209,36 @@ pub enum ApiError {
 
 /// What a client is told about a failed use case: its own mistakes in full, the
 /// server's in a fixed phrase.
-fn service_message(err: &ServiceError) -> String {
-    match err {
-        ServiceError::Blocked(_) | ServiceError::Refused(_) | ServiceError::NotFound(_) => {
-            err.to_string()
-        }
-        err if err.is_unavailable() => "the database is unavailable; try again shortly".to_owned(),
-        _ => "internal error".to_owned(),
+pub fn service_message(err: &ServiceError) -> String {
+    match err.kind() {
+        ErrorKind::BlockedValue | ErrorKind::Refused | ErrorKind::NotFound => err.to_string(),
+        ErrorKind::Unavailable => "the database is unavailable; try again shortly".to_owned(),
+        ErrorKind::Internal => "internal error".to_owned(),
     }
 }
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::InvalidInput(_) => StatusCode::BAD_REQUEST,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable | ApiError::Timeout | ApiError::SocketsFull { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::Service(err) if err.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Service(ServiceError::Blocked(_)) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Service(ServiceError::Refused(_)) => StatusCode::BAD_REQUEST,
-            ApiError::Service(ServiceError::NotFound(_)) => StatusCode::NOT_FOUND,
-            ApiError::Service(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.code().status()
     }
 
-    /// A stable, machine-readable code for the error body.
-    pub fn code(&self) -> &'static str {
+    /// Its entry in the error table.
+    pub fn code(&self) -> Code {
         match self {
-            ApiError::InvalidInput(_) => "INVALID_INPUT",
-            ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
-            ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            ApiError::BadRequest(_) => "BAD_REQUEST",
-            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
-            ApiError::Forbidden(_) => "FORBIDDEN",
-            ApiError::ForeignOrigin(_) => "FORBIDDEN_ORIGIN",
-            ApiError::NotFound => "NOT_FOUND",
-            ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            ApiError::Unavailable | ApiError::SocketsFull { .. } => "SERVICE_UNAVAILABLE",
-            ApiError::Service(err) if err.is_unavailable() => "SERVICE_UNAVAILABLE",
-            ApiError::Service(ServiceError::Blocked(_)) => "BLOCKED_VALUE",
-            ApiError::Service(ServiceError::Refused(_)) => "BAD_REQUEST",
-            ApiError::Service(ServiceError::NotFound(_)) => "NOT_FOUND",
-            ApiError::Service(_) => "INTERNAL",
-            ApiError::Timeout => "TIMEOUT",
-            ApiError::RateLimited { .. } => "RATE_LIMITED",
-            ApiError::Internal => "INTERNAL",
+            ApiError::InvalidInput(_) => Code::InvalidInput,
+            ApiError::PayloadTooLarge { .. } => Code::PayloadTooLarge,
+            ApiError::UnsupportedMediaType => Code::UnsupportedMediaType,
+            ApiError::BadRequest(_) => Code::BadRequest,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::Forbidden(_) => Code::Forbidden,
+            ApiError::ForeignOrigin(_) => Code::ForbiddenOrigin,
+            ApiError::NotFound => Code::NotFound,
+            ApiError::MethodNotAllowed => Code::MethodNotAllowed,
+            ApiError::Unavailable | ApiError::SocketsFull { .. } => Code::ServiceUnavailable,
+            ApiError::Service(err) => err.kind().into(),
+            ApiError::Timeout => Code::Timeout,
+            ApiError::RateLimited { .. } => Code::RateLimited,
+            ApiError::Internal => Code::Internal,
         }
     }
 }
@@ -139,7 +268,7 @@ impl ApiError {
         let body = serde_json::json!({
             "errors": [{
                 "message": self.to_string(),
-                "extensions": {"code": self.code()},
+                "extensions": {"code": self.code().rest()},
             }]
         });
         let mut response = (self.status(), Json(body)).into_response();
@@ -181,24 +310,30 @@ impl ApiError {
     pub fn detail(self) -> ErrorDetail {
         self.log_cause();
         ErrorDetail {
-            code: self.code().to_owned(),
+            code: self.code().rest().to_owned(),
             message: self.to_string(),
-            field: self.field(),
+            field: self.field().map(|field| Code::rest_field(field).to_owned()),
         }
     }
 
-    fn field(&self) -> Option<String> {
+    /// The error as one entry of a GraphQL answer's data (a batch's per-order
+    /// result), in GraphQL's names for the code and the field.
+    pub fn graphql_detail(self) -> ErrorDetail {
+        self.log_cause();
+        ErrorDetail {
+            code: self.code().graphql().to_owned(),
+            message: self.to_string(),
+            field: self
+                .field()
+                .map(|field| Code::graphql_field(field).to_owned()),
+        }
+    }
+
+    /// The request field at fault, when there is one.
+    pub fn field(&self) -> Option<Field> {
         match self {
-            ApiError::InvalidInput(InputError { field, .. }) => Some(field.as_str().to_owned()),
-            ApiError::Service(ServiceError::Blocked(dropped)) => Some(
-                match (dropped.email, dropped.phone) {
-                    (true, true) => Field::Body,
-                    (true, false) => Field::Email,
-                    _ => Field::PhoneNumber,
-                }
-                .as_str()
-                .to_owned(),
-            ),
+            ApiError::InvalidInput(InputError { field, .. }) => Some(*field),
+            ApiError::Service(err) => err.field(),
             _ => None,
         }
     }
@@ -209,9 +344,9 @@ impl IntoResponse for ApiError {
         self.log_cause();
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code().to_owned(),
+                code: self.code().rest().to_owned(),
                 message: self.to_string(),
-                field: self.field(),
+                field: self.field().map(|field| Code::rest_field(field).to_owned()),
             },
         };
         let mut response = (self.status(), Json(body)).into_response();

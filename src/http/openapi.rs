@@ -3,9 +3,11 @@
 
 use utoipa::OpenApi;
 
-use crate::error::{ErrorBody, ErrorDetail};
-use crate::rest;
-use crate::rest::identify::{IdentifyRequestBody, IdentifyResponse, IdentityBody, OutcomeBody};
+use crate::http::error::{ErrorBody, ErrorDetail};
+use crate::http::rest;
+use crate::http::rest::identify::{
+    IdentifyRequestBody, IdentifyResponse, IdentityBody, OutcomeBody,
+};
 
 #[derive(OpenApi)]
 #[openapi(

@@ -1,5 +1,5 @@
 //! Router assembly, and serving with graceful shutdown. The state the handlers
-//! share is [`crate::state`].
+//! share is [`crate::http::state`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,11 +13,11 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::config::Config;
-use crate::error::ApiError;
-use crate::middleware::{REQUEST_ID, error_for};
-pub use crate::state::AppState;
-use crate::{graphql, openapi, rest};
+use crate::http::error::ApiError;
+use crate::http::middleware::{REQUEST_ID, error_for};
+pub use crate::http::state::AppState;
+use crate::http::{graphql, openapi, rest};
+use crate::ops::config::Config;
 
 /// Every route of the service, with the layers every request goes through.
 pub fn router(state: AppState) -> Router {
@@ -44,26 +44,26 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            crate::middleware::refuse_oversized_body,
+            crate::http::middleware::refuse_oversized_body,
         ))
-        .layer(middleware::from_fn(crate::middleware::catch_panic))
+        .layer(middleware::from_fn(crate::http::middleware::catch_panic))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            crate::middleware::timeout,
+            crate::http::middleware::timeout,
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            crate::middleware::rate_limit,
+            crate::http::middleware::rate_limit,
         ))
         // Before the rate limit, which keys on the principal when there is one.
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            crate::middleware::authenticate,
+            crate::http::middleware::authenticate,
         ))
         .layer(cors)
         .layer(middleware::from_fn_with_state(
             state,
-            crate::middleware::observe,
+            crate::http::middleware::observe,
         ))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -150,7 +150,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let deadline = state.config.shutdown_timeout();
-    let limits = state.config.connection_limits();
+    let limits = crate::http::server::ConnectionLimits::from_config(&state.config);
     tracing::debug!(?limits, "connection limits");
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
@@ -169,7 +169,7 @@ pub async fn serve(
         let primary = state.pool.clone();
         AbortOnDrop(tokio::spawn(async move { replica.watch(primary).await }))
     });
-    let server = crate::server::serve(
+    let server = crate::http::server::serve(
         listener,
         router(state.clone()),
         limits,

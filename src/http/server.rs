@@ -38,7 +38,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tower::ServiceExt;
 
-use crate::metrics::Metrics;
+use crate::ops::config::Config;
+use crate::ops::metrics::Metrics;
 
 /// Largest request head (request line and headers) accepted; hyper answers 431 beyond.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -68,6 +69,16 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+}
+
+impl ConnectionLimits {
+    pub fn from_config(config: &Config) -> Self {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(config.http_header_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(config.http_idle_timeout_secs.max(1)),
+            max_connections: effective_max_connections(config.max_connections, config.pool_size),
+        }
+    }
 }
 
 /// Raises the soft open-file limit to the hard one (allowed without privileges) and

@@ -5,15 +5,15 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::app::changefeed::ChangeFeed;
+use crate::app::identify::{Identified, Policy};
 use crate::auth::Authenticator;
-use crate::changefeed::ChangeFeed;
-use crate::config::Config;
+use crate::auth::throttle::RateLimiter;
 use crate::db::replica::Replica;
 use crate::db::{DbPool, PoolSettings, StatementCounter};
 use crate::domain::{BlockRules, Outcome};
-use crate::metrics::Metrics;
-use crate::middleware::RateLimiter;
-use crate::service::{Identified, Policy};
+use crate::ops::config::Config;
+use crate::ops::metrics::Metrics;
 
 /// What every handler shares.
 pub struct App {

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::app::changefeed::FeedStats;
 use crate::auth::AuthFailure;
-use crate::changefeed::FeedStats;
 use crate::db::replica::ReplicaStats;
 use crate::db::{DbPool, StatementCounter};
 use crate::domain::Outcome;
@@ -501,7 +501,7 @@ mod tests {
         let text = metrics.render(
             &pool,
             &StatementCounter::default(),
-            &crate::changefeed::ChangeFeed::new(1, 1).stats(),
+            &crate::app::changefeed::ChangeFeed::new(1, 1).stats(),
             None,
         );
         assert_valid_exposition(&text);

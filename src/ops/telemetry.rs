@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::ops::config::LogFormat;
 
 /// Installs the global subscriber; later calls (tests) are no-ops.
 pub fn init(format: LogFormat) {

@@ -553,7 +553,7 @@ async fn made_up_methods_do_not_grow_the_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_postgres_requires_its_password() {
-    use identity_reconciliation::db::embedded::password_file;
+    use identity_reconciliation::ops::embedded::password_file;
 
     use crate::helpers::throwaway_cluster;
     use std::os::unix::fs::PermissionsExt;

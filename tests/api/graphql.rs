@@ -446,7 +446,7 @@ async fn graphiql_is_served_without_any_cdn() {
 fn schema_graphql_is_the_served_schema() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql");
     let committed = std::fs::read_to_string(path).unwrap_or_default();
-    let served = identity_reconciliation::graphql::sdl();
+    let served = identity_reconciliation::http::graphql::sdl();
     assert!(
         committed == served,
         "schema.graphql is out of date: run `cargo run -- print-schema > schema.graphql`"

@@ -15,10 +15,10 @@ use clap::Parser;
 use diesel::QueryableByName;
 use diesel::sql_types::{Int4, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use identity_reconciliation::app::{self, AppState};
-use identity_reconciliation::config::{Cli, Secret};
-use identity_reconciliation::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use identity_reconciliation::db::{self, DbPool, StatementCounter, invariants};
+use identity_reconciliation::http::router::{self as app, AppState};
+use identity_reconciliation::ops::config::{Cli, Secret};
+use identity_reconciliation::ops::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use serde_json::{Value, json};
 
 /// The server every test of this process creates its databases on.
@@ -552,7 +552,7 @@ pub fn throwaway_cluster(dir: &std::path::Path) -> EmbeddedOptions {
 }
 
 /// A private PostgreSQL owned by a thread of its own. The server is tied to the life
-/// of the thread that started it (see `db::embedded`), so it must not be started
+/// of the thread that started it (see `ops::embedded`), so it must not be started
 /// from a pool thread that may retire mid-test.
 pub struct PostgresThread {
     pub url: String,

@@ -382,7 +382,7 @@ async fn each_path_sends_a_fixed_number_of_statements_and_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_order_condition_agrees_with_decide() {
     use diesel_async::{AnsiTransactionManager, TransactionManager};
-    use identity_reconciliation::db::{contacts, graph};
+    use identity_reconciliation::db::{contacts, protocol};
     use identity_reconciliation::domain::{Contact, Decision, IdentifyRequest, Limits, decide};
 
     let app = spawn_app().await;
@@ -420,16 +420,14 @@ async fn the_first_order_condition_agrees_with_decide() {
             .await
             .unwrap();
         let shared: &diesel_async::AsyncPgConnection = &conn;
-        let members: Vec<Contact> =
-            contacts::load_members_matching(shared, request.email(), request.phone())
-                .await
-                .unwrap()
-                .into_iter()
-                .map(Contact::from)
-                .collect();
-        let blocked = graph::blocked_among(shared, request.email(), request.phone())
+        let values = protocol::Values::of(&request);
+        let members: Vec<Contact> = protocol::load_members_matching(shared, &values)
             .await
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .map(Contact::from)
+            .collect();
+        let blocked = protocol::blocked_among(shared, &values).await.unwrap();
         let expected = matches!(
             decide(&request, &members, Limits::default()),
             Decision::NewPrimary

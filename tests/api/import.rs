@@ -398,6 +398,73 @@ async fn times_going_backwards_are_refused_naming_the_line_and_resume_after_the_
     app.assert_invariants().await;
 }
 
+/// A newcomer's first import, after the README's first requests: a history older
+/// than the stored contacts is refused at line 1; the advice given (fix it, then
+/// `--resume`) imports the fixed file, which a refused attempt's start time must not
+/// turn into "orderedAt in the future"; the fixed file, run again, is refused as
+/// imported already; and a run that applies nothing exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_at_the_first_line_resumes_with_the_fixed_file() {
+    let app = spawn_app().await;
+    let url = database_url(&app).to_owned();
+    app.identify(Some("lorraine@hillvalley.edu"), Some("123456"))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("orders.ndjson");
+    let path = file.to_str().unwrap();
+    let order = |n: u32, at: String| {
+        json!({"email": format!("o{n}@x.io"), "phoneNumber": format!("9{n}"), "orderedAt": at})
+            .to_string()
+    };
+    write_lines(
+        &file,
+        &[
+            order(1, "2025-06-01T00:00:00.001Z".to_owned()),
+            order(2, "2025-06-01T00:00:00.002Z".to_owned()),
+        ],
+    );
+    let refused = run_import(&url, &[path]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--resume"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // Fixed: after every stored contact, and (this run starts later) not in the future.
+    let after = chrono::Utc::now();
+    let at = |ms: i64| {
+        (after + chrono::Duration::milliseconds(ms))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    write_lines(&file, &[order(1, at(1)), order(2, at(2))]);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let report = summary(&run_import(&url, &[path, "--resume", "--json"]));
+    assert_eq!(
+        (report["applied"].clone(), report["rejected"].clone()),
+        (json!(2), json!(0)),
+        "{report}"
+    );
+    let again = run_import(&url, &[path]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("imported already"),
+        "{}",
+        stderr(&again)
+    );
+
+    let rejected = dir.path().join("rejected.ndjson");
+    write_lines(&rejected, &[json!({"email": "no-at-sign"}).to_string()]);
+    let output = run_import(&url, &[rejected.to_str().unwrap(), "--json"]);
+    assert!(!output.status.success(), "nothing applied must not exit 0");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON summary");
+    assert_eq!(
+        (report["applied"].clone(), report["rejected"].clone()),
+        (json!(0), json!(1))
+    );
+    assert_eq!(app.row_count().await, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_and_standard_input_import_like_ndjson() {
     let from_json = spawn_app().await;

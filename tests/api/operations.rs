@@ -468,7 +468,7 @@ async fn servers_starting_together_migrate_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_one_data_folder_uses_the_running_postgres() {
-    use identity_reconciliation::db::embedded::EmbeddedPostgres;
+    use identity_reconciliation::ops::embedded::EmbeddedPostgres;
 
     use crate::helpers::throwaway_cluster;
     let root = tempfile::tempdir().unwrap();

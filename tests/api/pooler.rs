@@ -1,4 +1,4 @@
-//! The service behind PgBouncer in transaction mode (README "Behind PgBouncer"):
+//! The service behind PgBouncer in transaction mode (docs/deployment.md, "Behind PgBouncer"):
 //! a pooler that hands each transaction, and each statement outside one, to
 //! whichever server connection is free.
 

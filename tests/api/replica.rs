@@ -1,4 +1,4 @@
-//! GraphQL reads on a streaming replica (README "Read replicas"): a primary and a
+//! GraphQL reads on a streaming replica (docs/deployment.md, "Read replicas"): a primary and a
 //! hot standby made with `pg_basebackup -R`, both started from the installed
 //! binaries on loopback.
 
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use serde_json::json;
 
-use identity_reconciliation::db::embedded::{EmbeddedOptions, find_bin_dir, password_file};
 use identity_reconciliation::db::{self, PoolSettings, StatementCounter};
+use identity_reconciliation::ops::embedded::{EmbeddedOptions, find_bin_dir, password_file};
 
 use crate::helpers::{PostgresThread, TestApp, spawn_app_at, throwaway_cluster};
 

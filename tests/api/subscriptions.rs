@@ -799,7 +799,7 @@ async fn sockets_are_capped_apart_from_connections_and_closed_when_idle_or_abuse
     // than queueing refusals.
     let app = spawn_app().await;
     let mut greedy = Subscriber::connect(app.address, None).await;
-    for id in 0..=identity_reconciliation::graphql::MAX_SUBSCRIPTIONS_PER_CONNECTION {
+    for id in 0..=identity_reconciliation::http::graphql::MAX_SUBSCRIPTIONS_PER_CONNECTION {
         greedy.subscribe(&id.to_string(), EVENTS, json!({})).await;
     }
     let (code, reason) = greedy.closed().await;

@@ -12,6 +12,7 @@ pub mod source;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Seek, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -22,17 +23,15 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::batch::{Times, plan_and_write};
+use crate::app::batch::{Times, plan_and_write};
+use crate::app::error::{AttemptError, ServiceError};
+use crate::app::identify::{Policy, screen_request};
+use crate::db::DbPool;
 use crate::db::batch as batch_sql;
 use crate::db::imports::{self, ImportRecord, Progress};
-use crate::db::{DbError, DbPool};
+use crate::db::protocol::{self, Retry, Values};
 use crate::domain::{Contact, ContactValue, IdentifyRequest, Outcome};
-use crate::service::{AttemptError, Policy, ServiceError, screen_request};
 use source::{Format, Order, Position, Records};
-
-/// Attempts at one chunk that keeps meeting deadlocks (a chunk takes no lock a
-/// writer can hold while waiting for it, but an administrator's tools might).
-const MAX_ATTEMPTS: u32 = 16;
 
 /// The most lines a chunk may hold (`--chunk-size`).
 pub const MAX_CHUNK_SIZE: usize = 100_000;
@@ -179,8 +178,34 @@ async fn run_claimed(
             .map_err(|err| err.to_string())?
             .or(previous);
     }
+    let format_asked = options
+        .format
+        .unwrap_or_else(|| Format::of_path(&options.source));
     let (record, resumed) = match (previous, options.resume) {
-        (Some(previous), true) if previous.finished_at.is_none() => (previous, true),
+        // Refused before its first chunk: nothing to resume, so it starts over with
+        // the input as it is now (fixed, in the usual case).
+        (Some(previous), true) if previous.finished_at.is_none() && previous.lines_done == 0 => {
+            match imports::restart(conn, previous.id, fingerprint, format_asked.as_str())
+                .await
+                .map_err(|err| err.to_string())?
+            {
+                Some(record) => (record, false),
+                None => {
+                    return Err(format!(
+                        "import #{} changed meanwhile: run again",
+                        previous.id
+                    ));
+                }
+            }
+        }
+        (Some(previous), true) if previous.finished_at.is_none() => {
+            // Found by its source, the input may have been fixed within its first
+            // 64 KiB: from now on this import is the fixed input's.
+            imports::refingerprint(conn, previous.id, fingerprint)
+                .await
+                .map_err(|err| err.to_string())?;
+            (previous, true)
+        }
         (Some(previous), true) => {
             return Err(format!(
                 "import #{} of this input finished on {}: there is nothing to resume",
@@ -210,14 +235,11 @@ async fn run_claimed(
             ));
         }
         (_, false) => {
-            let format = options
-                .format
-                .unwrap_or_else(|| Format::of_path(&options.source));
             let record = imports::start(
                 conn,
                 fingerprint,
                 &options.source,
-                format.as_str(),
+                format_asked.as_str(),
                 &source::empty_prefix(),
             )
             .await
@@ -293,7 +315,7 @@ async fn run_claimed(
             .await
             .map_err(|err| format!("{err}; {}", committed(lines, record.id)))?;
         // Servers' subscribers hear of the chunk now rather than at their next poll.
-        if let Err(error) = crate::changefeed::announce(pool).await {
+        if let Err(error) = crate::app::changefeed::announce(pool).await {
             tracing::debug!(%error, "could not announce the chunk to running servers");
         }
         lines = chunk.end.lines;
@@ -551,32 +573,23 @@ async fn apply_with_retry(
     rejects: &mut Rejects,
     restore: &mut Option<Vec<i64>>,
 ) -> Result<Counts, String> {
-    for attempt in 1..=MAX_ATTEMPTS {
+    let mut retry = Retry::new();
+    loop {
         rejects.rewind().map_err(|err| err.to_string())?;
         let sequences = restore.as_deref();
         let result = conn
             .transaction(async |conn| apply(conn, context, chunk, rejects, sequences).await)
             .await;
-        match result {
-            Ok(counts) => {
+        match retry.settle(result).await {
+            ControlFlow::Continue(()) => {}
+            ControlFlow::Break(Ok(counts)) => {
                 *restore = None;
                 rejects.commit();
                 return Ok(counts);
             }
-            Err(AttemptError::Database(err)) => match DbError::from(err) {
-                DbError::Conflict(conflict) => {
-                    tracing::debug!(attempt, error = %conflict, "chunk conflicted, retrying");
-                    crate::db::back_off(attempt).await;
-                }
-                other => return Err(other.to_string()),
-            },
-            Err(AttemptError::Refused(err)) => return Err(err.to_string()),
-            Err(AttemptError::Raced | AttemptError::Blocked(_)) => {
-                tracing::debug!(attempt, "chunk raced, retrying");
-            }
+            ControlFlow::Break(Err(failure)) => return Err(ServiceError::from(failure).to_string()),
         }
     }
-    Err(ServiceError::Contended.to_string())
 }
 
 /// One chunk in one transaction.
@@ -588,7 +601,8 @@ async fn apply(
     restore: Option<&[i64]>,
 ) -> Result<Counts, AttemptError> {
     let shared: &AsyncPgConnection = conn;
-    imports::lock_contacts(shared).await?;
+    // The table lock stands for the protocol's value and primary locks, all at once.
+    protocol::lock_contacts_table(shared).await?;
     if let Some(sequences) = restore
         && !imports::restore_sequences(shared, sequences).await?
     {
@@ -605,23 +619,13 @@ async fn apply(
             Some((order, &parsed.request, parsed.ordered_at))
         })
         .collect();
-    let emails = distinct(
-        valid
-            .iter()
-            .filter_map(|(_, r, _)| r.email())
-            .map(|e| e.as_str()),
-    );
-    let phones = distinct(
-        valid
-            .iter()
-            .filter_map(|(_, r, _)| r.phone())
-            .map(|p| p.as_str()),
-    );
-    let probes_only = context.table_rows >= PROBES_PER_SCAN * (emails.len() + phones.len()) as u64;
+    let values = Values::of_all(valid.iter().map(|(_, request, _)| *request));
+    let probes_only = context.table_rows
+        >= PROBES_PER_SCAN * (values.emails().len() + values.phones().len()) as u64;
     imports::plan_chunk(shared, probes_only).await?;
     let (members, blocked, now) = try_join3(
-        batch_sql::load_members_matching(shared, &emails, &phones),
-        batch_sql::blocked_among(shared, &emails, &phones),
+        protocol::load_members_matching(shared, &values),
+        protocol::blocked_among(shared, &values),
         batch_sql::clock(shared),
     )
     .await?;
@@ -690,13 +694,6 @@ async fn apply(
     };
     imports::advance(shared, context.import_id, &progress).await?;
     Ok(counts)
-}
-
-fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
-    let mut seen = std::collections::HashSet::new();
-    let mut out: Vec<&str> = values.filter(|value| seen.insert(*value)).collect();
-    out.sort_unstable();
-    out
 }
 
 /// The rejects file: created at the first rejected line; what a chunk wrote is

@@ -14,10 +14,10 @@ use serde::Serialize;
 
 use std::collections::HashSet;
 
+use crate::app::identify::Policy;
 use crate::db::graph::{BlockedRow, blocked_values_of};
 use crate::db::{DbPool, imports};
 use crate::domain::{ContactValue, Email, Limits, Phone};
-use crate::service::Policy;
 
 /// Example ids each repair lists.
 const EXAMPLES: usize = 5;
@@ -219,7 +219,7 @@ pub async fn migrate(
     report.table = table.to_owned();
 
     conn.transaction(async |conn| {
-        imports::lock_contacts(conn).await?;
+        crate::db::protocol::lock_contacts_table(conn).await?;
         let existing = imports::contact_count(conn).await?;
         if existing > 0 {
             return Err(diesel::result::Error::RollbackTransaction);

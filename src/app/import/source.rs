@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::domain::json as strict_json;
+use crate::domain::json::{json_kind, parse_fields};
 use crate::domain::{Email, IdentifyRequest, Phone};
-use crate::rest::identify::{json_kind, parse_fields};
-use crate::strict_json;
 
 /// Bytes of the input that identify it for `--resume`.
 pub const FINGERPRINT_BYTES: usize = 64 * 1024;

@@ -9,76 +9,19 @@ use std::sync::Arc;
 
 use async_graphql::{ErrorExtensions, ServerError};
 
+use crate::app::error::{ErrorKind, ServiceError};
+use crate::app::identify::LookupError;
 use crate::auth::{AuthFailure, Authentication, Denied, Scope};
 use crate::db::DbError;
-use crate::domain::{Field, InputError};
-use crate::service::{LookupError, ServiceError};
+use crate::domain::InputError;
 
-/// The `extensions.code` values this API emits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// The document is not GraphQL (Apollo's code).
-    GraphqlParseFailed,
-    /// The document does not fit the schema: unknown fields, wrong argument types
-    /// (Apollo's code).
-    GraphqlValidationFailed,
-    /// A value, or the document's size or cost, that the client must change.
-    BadUserInput,
-    /// No credential, or one that did not verify.
-    Unauthenticated,
-    /// A valid credential without the field's scope.
-    Forbidden,
-    NotFound,
-    ServiceUnavailable,
-    /// Too many requests (or unknown credentials) from this client.
-    RateLimited,
-    /// Every value of an `identify` is blocked (docs/SPEC.md §10.3).
-    BlockedValue,
-    /// A change-event cursor from before what retention kept (docs/SPEC.md §12).
-    CursorExpired,
-    /// A bug or a broken database; never the client's fault.
-    Internal,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
-            ErrorCode::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
-            ErrorCode::BadUserInput => "BAD_USER_INPUT",
-            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
-            ErrorCode::Forbidden => "FORBIDDEN",
-            ErrorCode::NotFound => "NOT_FOUND",
-            ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
-            ErrorCode::RateLimited => "RATE_LIMITED",
-            ErrorCode::BlockedValue => "BLOCKED_VALUE",
-            ErrorCode::CursorExpired => "CURSOR_EXPIRED",
-            ErrorCode::Internal => "INTERNAL",
-        }
-    }
-
-    /// An error with this code and `message`.
-    pub fn error(self, message: impl Into<String>) -> async_graphql::Error {
-        async_graphql::Error::new(message.into())
-            .extend_with(|_, extensions| extensions.set("code", self.as_str()))
-    }
-
-    /// A client error about the argument (or input field) `field`.
-    pub fn argument_error(self, field: &str, message: impl Into<String>) -> async_graphql::Error {
-        self.error(message)
-            .extend_with(|_, extensions| extensions.set("field", field))
-    }
-}
+pub use crate::http::error::Code;
 
 /// Bad input: the same message REST gives, plus the field at fault (`input` when
 /// the input as a whole is wrong, such as neither value given).
 impl From<InputError> for async_graphql::Error {
     fn from(err: InputError) -> Self {
-        let field = match err.field {
-            Field::Body => "input",
-            field => field.as_str(),
-        };
-        ErrorCode::BadUserInput.argument_error(field, err.message)
+        Code::InvalidInput.argument_error(Code::graphql_field(err.field), err.message)
     }
 }
 
@@ -86,13 +29,13 @@ impl From<Denied> for async_graphql::Error {
     fn from(denied: Denied) -> Self {
         match denied {
             Denied::Unauthenticated(AuthFailure::Unavailable) => {
-                ErrorCode::ServiceUnavailable.error(AuthFailure::Unavailable.message())
+                Code::ServiceUnavailable.error(AuthFailure::Unavailable.message())
             }
             Denied::Unauthenticated(AuthFailure::Throttled) => {
-                ErrorCode::RateLimited.error(AuthFailure::Throttled.message())
+                Code::RateLimited.error(AuthFailure::Throttled.message())
             }
-            Denied::Unauthenticated(failure) => ErrorCode::Unauthenticated.error(failure.message()),
-            Denied::Forbidden(scope) => ErrorCode::Forbidden.error(format!(
+            Denied::Unauthenticated(failure) => Code::Unauthenticated.error(failure.message()),
+            Denied::Forbidden(scope) => Code::Forbidden.error(format!(
                 "this credential lacks the `{}` scope",
                 scope.as_str()
             )),
@@ -171,18 +114,17 @@ impl From<DbError> for async_graphql::Error {
 
 impl From<ServiceError> for async_graphql::Error {
     fn from(err: ServiceError) -> Self {
-        match &err {
-            ServiceError::Blocked(dropped) => {
-                let field = match (dropped.email, dropped.phone) {
-                    (true, true) => "input",
-                    (true, false) => "email",
-                    _ => "phoneNumber",
-                };
-                ErrorCode::BlockedValue.argument_error(field, err.to_string())
+        match err.kind() {
+            ErrorKind::Unavailable | ErrorKind::Internal => failure(err.is_unavailable(), err),
+            kind => {
+                let error = Code::from(kind).error(err.to_string());
+                match err.field() {
+                    Some(field) => error.extend_with(|_, extensions| {
+                        extensions.set("field", Code::graphql_field(field))
+                    }),
+                    None => error,
+                }
             }
-            ServiceError::Refused(_) => ErrorCode::BadUserInput.error(err.to_string()),
-            ServiceError::NotFound(_) => ErrorCode::NotFound.error(err.to_string()),
-            _ => failure(err.is_unavailable(), err),
         }
     }
 }
@@ -190,7 +132,7 @@ impl From<ServiceError> for async_graphql::Error {
 impl From<LookupError> for async_graphql::Error {
     fn from(err: LookupError) -> Self {
         match err {
-            LookupError::Ambiguous(..) => ErrorCode::BadUserInput.error(err.to_string()),
+            LookupError::Ambiguous(..) => Code::InvalidInput.error(err.to_string()),
             LookupError::Service(err) => err.into(),
         }
     }
@@ -204,16 +146,16 @@ where
 {
     let (code, message) = if unavailable {
         (
-            ErrorCode::ServiceUnavailable,
+            Code::ServiceUnavailable,
             "the database is unavailable; try again shortly",
         )
     } else {
-        (ErrorCode::Internal, "internal error")
+        (Code::Internal, "internal error")
     };
     let logged = Logged(cause.to_string());
     let mut error = async_graphql::Error::new_with_source(logged);
     error.message = message.to_owned();
-    error.extend_with(|_, extensions| extensions.set("code", code.as_str()))
+    error.extend_with(|_, extensions| extensions.set("code", code.graphql()))
 }
 
 /// The cause of a failure, for the server's log only.
@@ -227,11 +169,11 @@ impl std::fmt::Display for Logged {
 }
 
 /// `error` with `code` as its `extensions.code`.
-pub fn coded(mut error: ServerError, code: ErrorCode) -> ServerError {
+pub fn coded(mut error: ServerError, code: Code) -> ServerError {
     error
         .extensions
         .get_or_insert_with(Default::default)
-        .set("code", code.as_str());
+        .set("code", code.graphql());
     error
 }
 
@@ -263,22 +205,22 @@ pub fn code_uncoded(errors: &mut [ServerError]) {
             .iter()
             .any(|input| error.message.starts_with(input))
         {
-            ErrorCode::BadUserInput
+            Code::InvalidInput
         } else if !error.path.is_empty() {
-            ErrorCode::Internal
+            Code::Internal
         } else if LIMIT_MESSAGES
             .iter()
             .any(|limit| error.message.starts_with(limit))
         {
-            ErrorCode::BadUserInput
+            Code::InvalidInput
         } else {
-            ErrorCode::GraphqlValidationFailed
+            Code::GraphqlValidationFailed
         };
-        if code == ErrorCode::Internal {
+        if code == Code::Internal {
             tracing::error!(message = %error.message, "uncoded GraphQL error during execution");
             error.message = "internal error".to_owned();
         }
-        extensions.set("code", code.as_str());
+        extensions.set("code", code.graphql());
     }
 }
 
@@ -294,7 +236,7 @@ pub fn log_failures(errors: &[ServerError]) {
             .and_then(|extensions| extensions.get("code"))
             .map(|code| code.to_string())
             .unwrap_or_default();
-        if code.contains(ErrorCode::ServiceUnavailable.as_str()) {
+        if code.contains(Code::ServiceUnavailable.graphql()) {
             tracing::warn!(error = %cause, path = ?error.path, "graphql: database unavailable");
         } else {
             tracing::error!(error = %cause, path = ?error.path, "graphql: field failed");
@@ -305,6 +247,7 @@ pub fn log_failures(errors: &[ServerError]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Field;
 
     fn code_of(error: &async_graphql::Error) -> String {
         let extensions = error.extensions.as_ref().expect("extensions set");

@@ -5,39 +5,39 @@ use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
-const INDEX: &str = include_str!("../../assets/graphiql/index.html");
+const INDEX: &str = include_str!("../../../assets/graphiql/index.html");
 
 /// (file name, content type, bytes) of every asset the page loads.
 const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "init.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/graphiql/init.js"),
+        include_bytes!("../../../assets/graphiql/init.js"),
     ),
     (
         "page.css",
         "text/css; charset=utf-8",
-        include_bytes!("../../assets/graphiql/page.css"),
+        include_bytes!("../../../assets/graphiql/page.css"),
     ),
     (
         "graphiql.min.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/graphiql/graphiql.min.js"),
+        include_bytes!("../../../assets/graphiql/graphiql.min.js"),
     ),
     (
         "graphiql.min.css",
         "text/css; charset=utf-8",
-        include_bytes!("../../assets/graphiql/graphiql.min.css"),
+        include_bytes!("../../../assets/graphiql/graphiql.min.css"),
     ),
     (
         "react.production.min.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/graphiql/react.production.min.js"),
+        include_bytes!("../../../assets/graphiql/react.production.min.js"),
     ),
     (
         "react-dom.production.min.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/graphiql/react-dom.production.min.js"),
+        include_bytes!("../../../assets/graphiql/react-dom.production.min.js"),
     ),
 ];
 

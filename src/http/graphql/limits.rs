@@ -14,7 +14,7 @@ use async_graphql::parser::types::{
 use async_graphql::{Name, Pos, ServerError, Variables};
 use async_graphql_value::{ConstValue, Value};
 
-use super::error::{ErrorCode, coded};
+use super::error::{Code, coded};
 use crate::domain::{IdentifyRequest, InputError};
 
 /// Page size when `first` is not given.
@@ -62,7 +62,7 @@ impl<C: serde::Serialize + serde::de::DeserializeOwned + Send + Sync> Page<C> {
         use async_graphql::connection::{CursorType, OpaqueCursor};
         let first = first.unwrap_or(DEFAULT_PAGE_SIZE);
         if !(0..=MAX_PAGE_SIZE).contains(&first) {
-            return Err(ErrorCode::BadUserInput.argument_error(
+            return Err(Code::InvalidInput.argument_error(
                 "first",
                 format!("first must be between 0 and {MAX_PAGE_SIZE}, got {first}"),
             ));
@@ -72,7 +72,7 @@ impl<C: serde::Serialize + serde::de::DeserializeOwned + Send + Sync> Page<C> {
                 OpaqueCursor::<C>::decode_cursor(&cursor)
                     .map(|OpaqueCursor(id)| id)
                     .map_err(|_| {
-                        ErrorCode::BadUserInput
+                        Code::InvalidInput
                             .argument_error("after", "after is not a cursor this API issued")
                     })
             })
@@ -173,7 +173,7 @@ pub fn check(
 }
 
 pub fn limit_error(message: String) -> ServerError {
-    coded(ServerError::new(message, None), ErrorCode::BadUserInput)
+    coded(ServerError::new(message, None), Code::InvalidInput)
 }
 
 /// Field selections and aliases written in the document (each written one once).
@@ -356,7 +356,7 @@ pub fn cap_errors(errors: &mut Vec<ServerError>) {
             format!("{omitted} more errors were left out of this answer"),
             None::<Pos>,
         ),
-        ErrorCode::BadUserInput,
+        Code::InvalidInput,
     ));
 }
 

@@ -22,18 +22,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 
-pub use error::ErrorCode;
+pub use error::Code;
 pub use limits::{MAX_COMPLEXITY, MAX_DEPTH};
 pub use loaders::{ContactLoader, MembersLoader};
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 
 use crate::auth::{AuthFailure, Authentication, Masking, Scope};
-use crate::config::Switch;
-use crate::error::ApiError;
-use crate::middleware::{RateLimitClient, RequestId, Unpaid, charge_units, rate_limited};
-use crate::state::AppState;
-use crate::strict_json;
+use crate::domain::json as strict_json;
+use crate::http::error::ApiError;
+use crate::http::middleware::{RateLimitClient, RequestId, Unpaid, charge_units, rate_limited};
+use crate::http::state::AppState;
+use crate::ops::config::Switch;
 
 pub use subscription::{MAX_SUBSCRIPTIONS_PER_CONNECTION, SubscriptionRoot};
 
@@ -91,7 +91,7 @@ pub fn router(state: AppState) -> Router {
 /// preflight), so accepting them would let any web page run mutations.
 fn is_graphql_json(headers: &HeaderMap) -> bool {
     matches!(
-        crate::middleware::media_type(headers).as_deref(),
+        crate::http::middleware::media_type(headers).as_deref(),
         Some("application/json" | "application/graphql-response+json")
     )
 }
@@ -229,7 +229,7 @@ fn check_document(
     let operation_name = request.operation_name.clone();
     let document = request
         .parsed_query()
-        .map_err(|err| vec![error::coded(err, ErrorCode::GraphqlParseFailed)])?;
+        .map_err(|err| vec![error::coded(err, Code::GraphqlParseFailed)])?;
     let summary = limits::check(document, &variables, &limits)?;
     let document = document.clone();
     Ok(CheckedRequest {
@@ -266,7 +266,7 @@ fn answer(state: &AppState, response: &async_graphql::Response) -> Response {
                  fields or smaller pages",
                 body.len()
             ),
-            "extensions": {"code": "RESPONSE_TOO_LARGE"},
+            "extensions": {"code": crate::http::error::Code::ResponseTooLarge.graphql()},
         }],
     });
     json_response(
@@ -309,14 +309,14 @@ fn refused(mut errors: Vec<ServerError>) -> Response {
 fn charge_batch(ctx: &async_graphql::Context<'_>, orders: usize) -> async_graphql::Result<()> {
     let state = ctx.data_unchecked::<AppState>();
     charge_units(state, ctx.data_opt::<RateLimitClient>(), orders).map_err(|unpaid| match unpaid {
-        Unpaid::OverBurst { burst } => ErrorCode::BadUserInput.argument_error(
+        Unpaid::OverBurst { burst } => Code::InvalidInput.argument_error(
             "inputs",
             format!(
                 "the batch holds {orders} orders, more than the rate limit's burst of {burst} \
                  allows at once; send smaller batches"
             ),
         ),
-        Unpaid::Limited(retry_after) => ErrorCode::RateLimited.error(format!(
+        Unpaid::Limited(retry_after) => Code::RateLimited.error(format!(
             "too many orders; retry after {} s",
             retry_after.as_secs().max(1)
         )),

@@ -5,13 +5,13 @@ use async_graphql::{Context, InputObject, Object, Result, SimpleObject};
 use super::error::{RequireIdentify, RequireScope};
 use super::limits::REPAIR_COST;
 use super::types::{BlockResult, BlockValueInput, HeldRequest, IdentityNode};
+use crate::app;
+use crate::app::repair::{self, Actor, ErasureTarget};
 use crate::auth::{Authentication, Scope};
 use crate::domain::{ContactValue, Email, IdentifyRequest, Phone};
-use crate::graphql::error::ErrorCode;
-use crate::middleware::RequestId;
-use crate::repair::{self, Actor, ErasureTarget};
-use crate::service;
-use crate::state::AppState;
+use crate::http::error::{ApiError, Code};
+use crate::http::middleware::RequestId;
+use crate::http::state::AppState;
 
 pub struct MutationRoot;
 
@@ -95,7 +95,7 @@ impl MutationRoot {
         let state = ctx.data_unchecked::<AppState>();
         let request_id = ctx.data_opt::<RequestId>().map(|id| id.0.clone());
         let identified =
-            service::identify(&state.pool, request, state.policy.clone(), request_id).await?;
+            app::identify::identify(&state.pool, request, state.policy.clone(), request_id).await?;
         state.record_identified(&identified);
         super::query::audit(ctx, Some("identify"), identified.identity.contacts.len());
         Ok(IdentityNode(
@@ -120,7 +120,7 @@ impl MutationRoot {
         let state = ctx.data_unchecked::<AppState>();
         let max = state.config.batch_max_orders as usize;
         if inputs.len() > max {
-            return Err(ErrorCode::BadUserInput.argument_error(
+            return Err(Code::InvalidInput.argument_error(
                 "inputs",
                 format!(
                     "a batch holds at most {max} orders (BATCH_MAX_ORDERS), got {}",
@@ -140,7 +140,7 @@ impl MutationRoot {
         let mut applied = if valid.is_empty() {
             Vec::new()
         } else {
-            crate::batch::identify_batch(
+            crate::app::batch::identify_batch(
                 &state.pool,
                 &state.batches,
                 valid,
@@ -153,8 +153,8 @@ impl MutationRoot {
         let mut contacts_read = 0;
         let mut results = Vec::with_capacity(orders.len());
         for order in orders {
-            let detail = match order {
-                Err(error) => crate::error::ApiError::InvalidInput(error).detail(),
+            let error = match order {
+                Err(error) => ApiError::InvalidInput(error),
                 Ok(_) => match applied.next() {
                     Some(Ok(identified)) => {
                         state.record_identified(&identified);
@@ -168,28 +168,17 @@ impl MutationRoot {
                         });
                         continue;
                     }
-                    Some(Err(err)) => crate::error::ApiError::Service(err).detail(),
-                    None => crate::error::ApiError::Internal.detail(),
+                    Some(Err(err)) => ApiError::Service(err),
+                    None => ApiError::Internal,
                 },
             };
-            let code = match detail.code.as_str() {
-                "INVALID_INPUT" => ErrorCode::BadUserInput.as_str().to_owned(),
-                other => other.to_owned(),
-            };
-            // GraphQL names the whole input `input`, as `identify`'s errors do.
-            let field = detail.field.map(|field| {
-                if field == "body" {
-                    "input".to_owned()
-                } else {
-                    field
-                }
-            });
+            let detail = error.graphql_detail();
             results.push(BatchOrderResult {
                 identity: None,
                 error: Some(OrderError {
-                    code,
+                    code: detail.code,
                     message: detail.message,
-                    field,
+                    field: detail.field,
                 }),
             });
         }
@@ -250,19 +239,18 @@ impl MutationRoot {
     )]
     async fn erase_identity(&self, ctx: &Context<'_>, input: EraseInput) -> Result<ErasureResult> {
         let target = match (input.email, input.phone_number, input.primary_contact_id) {
-            (Some(email), None, None) => {
-                ErasureTarget::Value(ContactValue::Email(Email::parse(&email)?.ok_or_else(
-                    || ErrorCode::BadUserInput.argument_error("email", "email is blank"),
+            (Some(email), None, None) => ErasureTarget::Value(ContactValue::Email(
+                Email::parse(&email)?
+                    .ok_or_else(|| Code::InvalidInput.argument_error("email", "email is blank"))?,
+            )),
+            (None, Some(phone), None) => {
+                ErasureTarget::Value(ContactValue::Phone(Phone::parse(&phone)?.ok_or_else(
+                    || Code::InvalidInput.argument_error("phoneNumber", "phoneNumber is blank"),
                 )?))
             }
-            (None, Some(phone), None) => ErasureTarget::Value(ContactValue::Phone(
-                Phone::parse(&phone)?.ok_or_else(|| {
-                    ErrorCode::BadUserInput.argument_error("phoneNumber", "phoneNumber is blank")
-                })?,
-            )),
             (None, None, Some(id)) => ErasureTarget::Primary(id),
             _ => {
-                return Err(ErrorCode::BadUserInput.argument_error(
+                return Err(Code::InvalidInput.argument_error(
                     "input",
                     "give exactly one of email, phoneNumber and primaryContactId",
                 ));

@@ -6,19 +6,19 @@ use async_graphql::connection::{Connection, Edge, OpaqueCursor};
 use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::{Context, InputObject, Object, Result};
 
-use super::error::{ErrorCode, RequireScope};
+use super::error::{Code, RequireScope};
 use super::limits::{LOOKUP_COST, Page, page_size};
 use super::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
 use super::types::{
     BlockedValueNode, ContactNode, HeldRequest, HeldStatus, IdentityChange, IdentityNode,
     LinkPrecedence,
 };
+use crate::app;
 use crate::auth::{self, Scope};
 use crate::db::contacts::{self, ContactFilter};
 use crate::db::{DbError, changes, graph};
 use crate::domain::{Contact, Email, IdentifyRequest, Phone};
-use crate::service;
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub struct QueryRoot;
 
@@ -125,7 +125,7 @@ impl QueryRoot {
         phone_number: Option<String>,
     ) -> Result<Option<IdentityNode>> {
         let request = IdentifyRequest::parse(email.as_deref(), phone_number.as_deref())?;
-        let identity = service::lookup(super::read_pool(ctx), &request).await?;
+        let identity = app::identify::lookup(super::read_pool(ctx), &request).await?;
         audit(
             ctx,
             Some("identity"),
@@ -205,8 +205,9 @@ impl QueryRoot {
         if let Some((kind, value)) = &page.after
             && (kind.contains('\0') || value.contains('\0'))
         {
-            return Err(ErrorCode::BadUserInput
-                .argument_error("after", "after is not a cursor this API issued"));
+            return Err(
+                Code::InvalidInput.argument_error("after", "after is not a cursor this API issued")
+            );
         }
         let state = ctx.data_unchecked::<AppState>();
         let mut conn = state.pool.get().await.map_err(DbError::from)?;
@@ -228,15 +229,16 @@ impl QueryRoot {
 pub(super) fn check_event_cursor((xid, _): &changes::Position) -> Result<()> {
     // Digits only (`u64::from_str` takes a leading `+`), within xid8's range.
     if !xid.bytes().all(|b| b.is_ascii_digit()) || xid.parse::<u64>().is_err() {
-        return Err(ErrorCode::BadUserInput
-            .argument_error("after", "after is not a cursor this API issued"));
+        return Err(
+            Code::InvalidInput.argument_error("after", "after is not a cursor this API issued")
+        );
     }
     Ok(())
 }
 
 /// The error for a cursor retention has passed, polled or subscribed.
 pub(super) fn cursor_expired() -> async_graphql::Error {
-    ErrorCode::CursorExpired.error(
+    Code::CursorExpired.error(
         "events after this cursor were pruned by retention (EVENT_RETENTION_DAYS); \
          start again without a cursor",
     )

@@ -27,18 +27,18 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, BoxStream};
 use futures_util::{SinkExt, StreamExt};
 
-use super::error::{self, ErrorCode, RequireScope};
+use super::error::{self, Code, RequireScope};
 use super::query::{ReadAudit, check_event_cursor, cursor_expired};
 use super::types::IdentityChange;
 use super::{AppSchema, ContactLoader, MembersLoader, graphiql, limits, loader};
+use crate::app::changefeed::FollowError;
 use crate::auth::{AuthFailure, Authentication, Scope};
-use crate::changefeed::FollowError;
-use crate::config::Config;
 use crate::db::DbError;
 use crate::db::changes::{self, Position};
-use crate::error::ApiError;
-use crate::server::Stopping;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::server::Stopping;
+use crate::http::state::AppState;
+use crate::ops::config::Config;
 
 /// Subscriptions one connection may hold at once.
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 16;
@@ -78,7 +78,7 @@ impl SubscriptionRoot {
             .map(|cursor| {
                 let OpaqueCursor(position) = OpaqueCursor::<Position>::decode_cursor(&cursor)
                     .map_err(|_| {
-                        ErrorCode::BadUserInput
+                        Code::InvalidInput
                             .argument_error("after", "after is not a cursor this API issued")
                     })?;
                 check_event_cursor(&position)?;
@@ -87,7 +87,7 @@ impl SubscriptionRoot {
             .transpose()?;
         let state = ctx.data_unchecked::<AppState>();
         let subscription = state.feed.subscribe().map_err(|full| {
-            ErrorCode::ServiceUnavailable.error(format!(
+            Code::ServiceUnavailable.error(format!(
                 "this server already serves {} subscriptions (MAX_SUBSCRIBERS); try again later",
                 full.max_subscribers
             ))
@@ -177,7 +177,8 @@ async fn open_socket(schema: AppSchema, request: Request) -> Response {
     if let Some(origin) = foreign_origin(request.headers(), &state.config) {
         return ApiError::ForeignOrigin(origin).into_response();
     }
-    let client = crate::middleware::client_address(&request, state.config.trust_forwarded_for);
+    let client =
+        crate::http::middleware::client_address(&request, state.config.trust_forwarded_for);
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -270,7 +271,7 @@ struct Session {
     authorization: Option<String>,
     client: Option<IpAddr>,
     stopping: Option<Stopping>,
-    _place: crate::changefeed::SocketPlace,
+    _place: crate::app::changefeed::SocketPlace,
 }
 
 /// Why the server closes a socket: a close code and a reason for the client.
@@ -524,7 +525,7 @@ impl SocketExecutor {
                      with POST /graphql",
                     None,
                 ),
-                ErrorCode::BadUserInput,
+                Code::InvalidInput,
             )]);
         }
         if self.open.fetch_add(1, Ordering::AcqRel) >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
@@ -567,7 +568,7 @@ impl Executor for SocketExecutor {
         // The WebSocket asks for streams only; anything else is refused the same way.
         async_graphql::Response::from_errors(vec![error::coded(
             ServerError::new("only subscriptions are served over WebSocket", None),
-            ErrorCode::BadUserInput,
+            Code::InvalidInput,
         )])
     }
 
@@ -618,7 +619,9 @@ mod tests {
 
     fn config(cors_origins: &[&str]) -> Config {
         use clap::Parser;
-        let mut config = crate::config::Cli::try_parse_from(["test"]).unwrap().config;
+        let mut config = crate::ops::config::Cli::try_parse_from(["test"])
+            .unwrap()
+            .config;
         config.cors_origins = cors_origins.iter().map(|s| (*s).to_owned()).collect();
         config
     }

@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::auth::Authentication;
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// Paths that never need a credential; `/metrics` has a token of its own.
 fn is_open(method: &Method, path: &str) -> bool {

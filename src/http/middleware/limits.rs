@@ -7,8 +7,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::{GRAPHQL_PATH, error_for};
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 /// Answers 503 when a request outlives the configured timeout. The identify work
 /// runs in a task of its own and commits or rolls back regardless.
@@ -50,7 +50,7 @@ pub async fn refuse_oversized_body(
 ) -> Response {
     let limit = match request.uri().path() {
         GRAPHQL_PATH => state.config.graphql_body_limit_bytes,
-        crate::rest::batch::PATH => state.config.batch_body_limit_bytes,
+        crate::http::rest::batch::PATH => state.config.batch_body_limit_bytes,
         _ => state.config.body_limit_bytes,
     };
     let declared = request

@@ -17,12 +17,10 @@ use tracing::Instrument;
 pub use auth::authenticate;
 pub use limits::{catch_panic, refuse_oversized_body, timeout};
 pub(crate) use rate_limit::client_address;
-pub use rate_limit::{
-    ClientKey, RateLimitClient, RateLimiter, Unpaid, charge_units, rate_limit, rate_limited,
-};
+pub use rate_limit::{RateLimitClient, Unpaid, charge_units, rate_limit, rate_limited};
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -67,7 +65,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = crate::metrics::method_label(request.method().as_str());
+    let method = crate::ops::metrics::method_label(request.method().as_str());
     let span = tracing::info_span!(
         "request",
         request_id = %id.to_str().unwrap_or_default(),

@@ -10,13 +10,15 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::identify::{IdentifyResponse, json_body, json_kind, parse_fields};
+use super::identify::{IdentifyResponse, json_body};
+use crate::app::batch;
 use crate::auth::{self, AuthFailure, Authentication, Masking};
+use crate::domain::json as strict_json;
+use crate::domain::json::{json_kind, parse_fields};
 use crate::domain::{Field, IdentifyRequest, InputError};
-use crate::error::{ApiError, ErrorBody, ErrorDetail};
-use crate::middleware::{RateLimitClient, RequestId, Unpaid, charge_units, rate_limited};
-use crate::state::AppState;
-use crate::{batch, strict_json};
+use crate::http::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::http::middleware::{RateLimitClient, RequestId, Unpaid, charge_units, rate_limited};
+use crate::http::state::AppState;
 
 pub const PATH: &str = "/identify/batch";
 

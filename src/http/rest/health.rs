@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::db;
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// Alive: the process answers HTTP. Says nothing about the database.
 #[utoipa::path(get, path = "/healthz", tag = "operations",

@@ -7,17 +7,17 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::app::identify as service;
 use crate::auth::{self, AuthFailure, Authentication, Masking};
-use crate::domain::{Email, Field, IdentifyRequest, Identity, InputError, Outcome, Phone};
-use crate::error::{ApiError, ErrorBody};
-use crate::middleware::RequestId;
-use crate::state::AppState;
-use crate::{service, strict_json};
+use crate::domain::json::parse_body;
+use crate::domain::{Field, Identity, InputError, Outcome};
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::middleware::RequestId;
+use crate::http::state::AppState;
 
-/// The request body, as documented; parsing is done by hand in [`parse_body`] so
+/// The request body, as documented; parsing is done by hand in [`parse_body`](crate::domain::json::parse_body) so
 /// that every kind of bad input gets a message naming its field.
 #[derive(Debug, ToSchema)]
 #[schema(title = "IdentifyRequest")]
@@ -215,145 +215,8 @@ pub fn json_body(
 
 /// `application/json`, or any `application/*+json`, with or without parameters.
 fn is_json(headers: &HeaderMap) -> bool {
-    crate::middleware::media_type(headers).is_some_and(|essence| {
+    crate::http::middleware::media_type(headers).is_some_and(|essence| {
         essence == "application/json"
             || (essence.starts_with("application/") && essence.ends_with("+json"))
     })
-}
-
-/// Parses `{"email"?: string|null, "phoneNumber"?: string|integer|null}`; other
-/// fields are ignored.
-pub fn parse_body(body: &[u8]) -> Result<IdentifyRequest, InputError> {
-    let value =
-        strict_json::from_slice(body).map_err(|err| {
-            match strict_json::duplicated_key(&err).as_deref() {
-                Some(key @ ("email" | "phoneNumber")) => InputError::new(
-                    if key == "email" {
-                        Field::Email
-                    } else {
-                        Field::PhoneNumber
-                    },
-                    format!("{key} is given more than once; send each field once"),
-                ),
-                _ => InputError::new(
-                    Field::Body,
-                    format!("request body is not valid JSON: {err}"),
-                ),
-            }
-        })?;
-    let Value::Object(fields) = value else {
-        return Err(InputError::new(
-            Field::Body,
-            format!(
-                "request body must be a JSON object, got {}",
-                json_kind(&value)
-            ),
-        ));
-    };
-    parse_fields(&fields)
-}
-
-/// An order's fields: `email` and `phoneNumber`, each possibly absent or null;
-/// other fields are ignored.
-pub fn parse_fields(
-    fields: &serde_json::Map<String, Value>,
-) -> Result<IdentifyRequest, InputError> {
-    let email = match fields.get("email") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(raw)) => Email::parse(raw)?,
-        Some(other) => {
-            return Err(InputError::new(
-                Field::Email,
-                format!("email must be a string or null, got {}", json_kind(other)),
-            ));
-        }
-    };
-    let phone = match fields.get("phoneNumber") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(raw)) => Phone::parse(raw)?,
-        Some(Value::Number(number)) => match number.as_u64() {
-            Some(value) => Some(Phone::from_integer(value)),
-            None => {
-                return Err(InputError::new(
-                    Field::PhoneNumber,
-                    "phoneNumber given as a number must be a non-negative integer",
-                ));
-            }
-        },
-        Some(other) => {
-            return Err(InputError::new(
-                Field::PhoneNumber,
-                format!(
-                    "phoneNumber must be a string, a non-negative integer or null, got {}",
-                    json_kind(other)
-                ),
-            ));
-        }
-    };
-    IdentifyRequest::new(email, phone)
-}
-
-pub fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn field_of(body: &str) -> Field {
-        parse_body(body.as_bytes()).unwrap_err().field
-    }
-
-    #[test]
-    fn phone_as_integer_or_string_is_the_same_phone() {
-        let a = parse_body(br#"{"phoneNumber": 123456}"#).unwrap();
-        let b = parse_body(br#"{"phoneNumber": "123456"}"#).unwrap();
-        assert_eq!(a, b);
-    }
-
-    #[test]
-    fn wrong_types_name_the_field() {
-        assert_eq!(field_of(r#"{"email": 5}"#), Field::Email);
-        assert_eq!(field_of(r#"{"email": true}"#), Field::Email);
-        assert_eq!(field_of(r#"{"email": ["a@b"]}"#), Field::Email);
-        assert_eq!(field_of(r#"{"phoneNumber": -1}"#), Field::PhoneNumber);
-        assert_eq!(field_of(r#"{"phoneNumber": 1.5}"#), Field::PhoneNumber);
-        assert_eq!(field_of(r#"{"phoneNumber": 1e400}"#), Field::Body);
-        assert_eq!(field_of(r#"{"phoneNumber": {}}"#), Field::PhoneNumber);
-        assert_eq!(field_of(r#"[]"#), Field::Body);
-        assert_eq!(field_of(r#"{"#), Field::Body);
-        assert_eq!(
-            field_of(r#"{"email": null, "phoneNumber": ""}"#),
-            Field::Body
-        );
-    }
-
-    #[test]
-    fn repeated_fields_are_refused_not_last_wins() {
-        assert_eq!(
-            field_of(r#"{"email": "a@b.c", "email": "d@e.f"}"#),
-            Field::Email
-        );
-        assert_eq!(
-            field_of(r#"{"phoneNumber": "1", "phoneNumber": 2}"#),
-            Field::PhoneNumber
-        );
-        assert_eq!(
-            field_of(r#"{"x": 1, "x": 1, "email": "a@b.c"}"#),
-            Field::Body
-        );
-    }
-
-    #[test]
-    fn unknown_fields_are_ignored() {
-        assert!(parse_body(br#"{"email": "a@b.c", "extra": [1, 2]}"#).is_ok());
-    }
 }

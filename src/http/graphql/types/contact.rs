@@ -8,10 +8,10 @@ use super::{EvidenceStep, IdentityNode};
 use crate::auth::{Scope, mask};
 use crate::db::{DbError, graph};
 use crate::domain::{Contact, linked_because, live_evidence};
-use crate::graphql::error::{ErrorCode, RequireScope, shown};
-use crate::graphql::limits::{LINKED_BECAUSE_COST, MAX_CHAIN_STEPS};
-use crate::graphql::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
-use crate::graphql::query::audit;
+use crate::http::graphql::error::{Code, RequireScope, shown};
+use crate::http::graphql::limits::{LINKED_BECAUSE_COST, MAX_CHAIN_STEPS};
+use crate::http::graphql::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
+use crate::http::graphql::query::audit;
 
 /// Whether a contact heads its identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -76,9 +76,9 @@ impl ContactNode {
             .load_one(ContactId(primary_id))
             .await?;
         audit(ctx, None, usize::from(primary.is_some()));
-        primary.map(ContactNode).ok_or_else(|| {
-            ErrorCode::NotFound.error(format!("primary contact {primary_id} not found"))
-        })
+        primary
+            .map(ContactNode)
+            .ok_or_else(|| Code::NotFound.error(format!("primary contact {primary_id} not found")))
     }
 
     /// The chain of evidence from the identity's primary to this contact
@@ -96,7 +96,7 @@ impl ContactNode {
             .data_unchecked::<DataLoader<MembersLoader, HashMapCache>>()
             .load_one(PrimaryId(primary_id))
             .await?
-            .ok_or_else(|| ErrorCode::NotFound.error(format!("identity {primary_id} not found")))?;
+            .ok_or_else(|| Code::NotFound.error(format!("identity {primary_id} not found")))?;
         let members = &identity.contacts;
         let emails: Vec<&str> = members
             .iter()
@@ -107,7 +107,7 @@ impl ContactNode {
             .filter_map(|c| c.phone.as_ref().map(|p| p.as_str()))
             .collect();
         let ids: Vec<i32> = members.iter().map(|c| c.id).collect();
-        let mut conn = crate::graphql::read_pool(ctx)
+        let mut conn = crate::http::graphql::read_pool(ctx)
             .get()
             .await
             .map_err(DbError::from)?;
@@ -116,13 +116,13 @@ impl ContactNode {
             .map_err(DbError::from)?;
         let steps = linked_because(members, &live_evidence(events), primary_id, self.0.id)
             .ok_or_else(|| {
-                ErrorCode::NotFound.error(format!(
+                Code::NotFound.error(format!(
                     "no evidence joins contact {} to its primary {primary_id} (it changed                      meanwhile, or the ledger disagrees: run `check --deep`)",
                     self.0.id
                 ))
             })?;
         if steps.len() > MAX_CHAIN_STEPS {
-            return Err(ErrorCode::BadUserInput.error(format!(
+            return Err(Code::InvalidInput.error(format!(
                 "the chain of evidence is {} steps long, more than {MAX_CHAIN_STEPS}; read                  Identity.history instead",
                 steps.len()
             )));
@@ -157,6 +157,6 @@ impl ContactNode {
         );
         identity
             .map(|identity| IdentityNode(identity, None))
-            .ok_or_else(|| ErrorCode::NotFound.error(format!("identity {primary_id} not found")))
+            .ok_or_else(|| Code::NotFound.error(format!("identity {primary_id} not found")))
     }
 }

@@ -10,10 +10,10 @@ use crate::auth::Scope;
 use crate::auth::mask;
 use crate::db::graph::{BlockRecord, EventRecord, HeldRecord};
 use crate::domain::{ContactValue, Email, Field, Identity, InputError, Outcome, Phone, Step, Via};
-use crate::graphql::error::{RequireScope, shown};
-use crate::graphql::limits::LOOKUP_COST;
-use crate::graphql::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
-use crate::graphql::query::audit;
+use crate::http::graphql::error::{RequireScope, shown};
+use crate::http::graphql::limits::LOOKUP_COST;
+use crate::http::graphql::loaders::{ContactId, ContactLoader, MembersLoader, PrimaryId};
+use crate::http::graphql::query::audit;
 
 /// What one `identify` changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]

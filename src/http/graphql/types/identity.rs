@@ -5,14 +5,14 @@ use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::{Context, Object, Result};
 
 use super::{ContactNode, IdentityEvent, OutcomeKind, SplitIdentity, ValueKind};
+use crate::app::repair::Blocked;
 use crate::auth::{Scope, mask};
 use crate::db::{DbError, graph};
 use crate::domain::{ContactValue, Identity, Outcome};
-use crate::graphql::error::{ErrorCode, RequireScope, shown};
-use crate::graphql::limits::{IDENTITY_VALUES_COST, Page, page_size};
-use crate::graphql::loaders::{ContactId, ContactLoader};
-use crate::graphql::query::audit;
-use crate::repair::Blocked;
+use crate::http::graphql::error::{Code, RequireScope, shown};
+use crate::http::graphql::limits::{IDENTITY_VALUES_COST, Page, page_size};
+use crate::http::graphql::loaders::{ContactId, ContactLoader};
+use crate::http::graphql::query::audit;
 
 /// An identity as read once: an `identify` or look-up answer, or a loader's
 /// snapshot. Its lists and its contacts come from the same read; the outcome is
@@ -71,7 +71,7 @@ impl IdentityNode {
             .load_one(ContactId(primary_id))
             .await?
             .map(ContactNode)
-            .ok_or_else(|| ErrorCode::NotFound.error(format!("contact {primary_id} not found")))
+            .ok_or_else(|| Code::NotFound.error(format!("contact {primary_id} not found")))
     }
 
     /// What the `identify` that answered with this identity changed; null
@@ -94,7 +94,7 @@ impl IdentityNode {
     ) -> Result<Connection<OpaqueCursor<i64>, IdentityEvent>> {
         let page = Page::<i64>::parse(first, after)?;
         let members: Vec<i32> = self.0.contacts.iter().map(|c| c.id).collect();
-        let mut conn = crate::graphql::read_pool(ctx)
+        let mut conn = crate::http::graphql::read_pool(ctx)
             .get()
             .await
             .map_err(DbError::from)?;
@@ -123,7 +123,7 @@ impl IdentityNode {
                     .iter()
                     .position(|member| member.id == id)
                     .ok_or_else(|| {
-                        ErrorCode::BadUserInput.argument_error(
+                        Code::InvalidInput.argument_error(
                             "after",
                             "after names a contact that is not in this identity",
                         )

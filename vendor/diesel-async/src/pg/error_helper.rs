@@ -34,6 +34,20 @@ pub(super) fn from_tokio_postgres_error(
                 SqlState::READ_ONLY_SQL_TRANSACTION => ReadOnlyTransaction,
                 SqlState::NOT_NULL_VIOLATION => NotNullViolation,
                 SqlState::CHECK_VIOLATION => CheckViolation,
+                // PATCH(identity-reconciliation): SQLSTATEs diesel has no kind for are
+                // classified here, by code, so that callers need not read messages
+                // (which `lc_messages` translates). A deadlock asks for what a
+                // serialization failure asks for: run the transaction again. The
+                // server shutting down, starting up or out of resources (classes 08,
+                // 53, 57P) cannot serve this connection now.
+                SqlState::T_R_DEADLOCK_DETECTED => SerializationFailure,
+                ref other
+                    if other.code().starts_with("08")
+                        || other.code().starts_with("53")
+                        || other.code().starts_with("57P") =>
+                {
+                    ClosedConnection
+                }
                 _ => Unknown,
             };
 
