@@ -216,7 +216,7 @@ static_sql!(BeginSql = "BEGIN");
 static_sql!(CommitSql = "COMMIT");
 
 /// `BEGIN` as a prepared statement, for a transaction sent as one pipeline (see
-/// `service::insert_if_still_new`). A simple-protocol BEGIN would skip the statement
+/// `app::identify::insert_if_still_new`). A simple-protocol BEGIN would skip the statement
 /// cache's queue and could overtake a statement still being prepared; diesel's
 /// transaction manager is not told, so the pipeline must end with [`commit`].
 pub async fn begin(mut conn: &diesel_async::AsyncPgConnection) -> QueryResult<()> {
