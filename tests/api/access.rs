@@ -226,6 +226,10 @@ async fn introspection_needs_a_principal_and_can_be_turned_off() {
     let credentials = credentials(&app).await;
     let response = graphql_as(&app, None, schema).await;
     assert!(response["data"]["__schema"].is_null(), "{response}");
+    // Refused with a reason GraphiQL can show, not a silent null it cannot read.
+    assert_eq!(code(&response, 0), "UNAUTHENTICATED", "{response}");
+    let message = response["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("Authorization"), "{message}");
     let key = format!("Bearer {}", credentials.identify);
     let response = graphql_as(&app, Some(&key), schema).await;
     assert_eq!(response["data"]["__schema"]["queryType"]["name"], "Query");

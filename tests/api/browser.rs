@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
 /// How long the page may take to show each thing the test waits for.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -275,6 +275,92 @@ async fn graphiql_shows_identity_events_as_they_happen() {
     eprintln!("GraphiQL screenshot: {}", artefact.display());
     let _ = browser.clone().close().await;
     assert_eq!(seen, ["CREATED", "LINKED", "ERASED"]);
+}
+
+/// Once a key exists, the page says why it has no schema (the introspection is
+/// refused with a reason, not answered with a null GraphiQL fails on with a stack
+/// trace), and pasting the key into the Headers tab is enough for GraphiQL to fetch
+/// the schema again: no reload, no re-fetch by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drives a real browser: needs chromium and chromium-driver; .ci/run runs it"]
+async fn graphiql_fetches_the_schema_once_a_key_is_pasted() {
+    let app = spawn_app_with(&["--auth-mode", "required", "--auth-cache-secs", "0"]).await;
+    let (_, key) = identity_reconciliation::auth::create_key(
+        &mut *app.connection().await,
+        "graphiql",
+        &[identity_reconciliation::auth::Scope::Read],
+    )
+    .await
+    .unwrap();
+    let opened = open_graphiql(&app).await;
+    let browser = &opened.client;
+    browser
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(
+            "button[aria-label='Show Documentation Explorer']",
+        ))
+        .await
+        .expect("GraphiQL's sidebar appears")
+        .click()
+        .await
+        .unwrap();
+    let page_text = async || {
+        browser
+            .execute("return document.body.innerText;", vec![])
+            .await
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while !result_text(browser)
+        .await
+        .contains("introspection needs a credential")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "GraphiQL never said why it has no schema; the result pane shows {}",
+            result_text(browser).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !result_text(browser)
+            .await
+            .contains("Invalid or incomplete introspection")
+    );
+    assert!(!page_text().await.contains("Root Types"));
+
+    let headers = json!({ "Authorization": format!("Bearer {key}") }).to_string();
+    let found = browser
+        .execute(
+            "var editors = Array.from(document.querySelectorAll('.CodeMirror'))\
+               .map(function (element) { return element.CodeMirror; });\
+             var headers = editors.find(function (editor) {\
+               var mode = editor.getOption('mode');\
+               return mode && typeof mode === 'object' && mode.json; });\
+             if (!headers) return false;\
+             headers.setValue(arguments[0]);\
+             return true;",
+            vec![json!(headers)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(found, json!(true), "no headers editor on the page");
+    let deadline = Instant::now() + PATIENCE;
+    while !page_text().await.contains("Root Types") {
+        assert!(
+            Instant::now() < deadline,
+            "the schema was not fetched again with the key; the page shows {}",
+            page_text().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let png = browser.screenshot().await.unwrap();
+    let artefact = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("graphiql-key.png");
+    std::fs::write(&artefact, png).unwrap();
+    let _ = browser.clone().close().await;
 }
 
 /// The query editor's text.

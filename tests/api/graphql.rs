@@ -383,6 +383,16 @@ async fn abusive_queries_are_refused() {
     let response = app.graphql(&format!("{{ {pages} }}"), json!({})).await;
     let message = response["errors"][0]["message"].as_str().unwrap();
     assert!(message.contains("too complex"), "{response}");
+    // The refusal names the document's cost and the limit, so a client can fix it.
+    assert!(message.contains("over the limit of 2500"), "{response}");
+    let cost: usize = message
+        .split("it costs ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|cost| cost.parse().ok())
+        .unwrap_or_else(|| panic!("no cost in {message}"));
+    assert!(cost > 2500, "{message}");
+    assert_eq!(error_code(&response), "BAD_USER_INPUT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -177,18 +177,19 @@ pub fn coded(mut error: ServerError, code: Code) -> ServerError {
     error
 }
 
-/// What async-graphql says when a document is over one of its limits; these are
-/// the client's to fix, like our own limits.
-const LIMIT_MESSAGES: [&str; 4] = [
-    "Query is too complex",
-    "Query is nested too deep",
+/// The one place errors are told apart by async-graphql's words, where it gives
+/// nothing else: over its directive or parser-recursion limit (the client's to fix,
+/// like our own limits), or an argument it could not read. The test
+/// `async_graphql_still_says_what_we_match` fails if an upgrade rewords them.
+const LIMIT_MESSAGES: [&str; 2] = [
     "The number of directives on the field",
     "The recursion depth of the query cannot be greater than",
 ];
 
 /// How async-graphql begins the errors of an argument it could not read during
 /// execution (a null variable where a value is required passes validation when
-/// the argument has a default): the client's input, like validation failures.
+/// the argument has a default): the client's input, like validation failures. See
+/// [`LIMIT_MESSAGES`].
 const INPUT_MESSAGES: [&str; 2] = ["Expected input type ", "Failed to parse \""];
 
 /// Gives every error that reached the answer without a code the one it deserves:
@@ -289,7 +290,10 @@ mod tests {
     #[test]
     fn uncoded_errors_get_the_code_of_where_they_arose() {
         let mut errors = vec![
-            ServerError::new("Query is too complex.", None),
+            ServerError::new(
+                "The number of directives on the field `a` cannot be greater than 4",
+                None,
+            ),
             ServerError::new("Unknown field \"x\" on type \"Query\".", None),
             {
                 let mut error = ServerError::new("something broke", None);
@@ -319,5 +323,38 @@ mod tests {
             ]
         );
         assert_eq!(errors[2].message, "internal error");
+    }
+
+    /// The messages matched above are async-graphql's, not ours: an upgrade that
+    /// rewords one fails here instead of turning a client's mistake into INTERNAL.
+    #[tokio::test]
+    async fn async_graphql_still_says_what_we_match() {
+        use async_graphql::{InputValueError, Pos};
+
+        let schema = super::super::sdl_schema();
+        let deep = format!("{{ {}__typename{} }}", "a { ".repeat(40), " }".repeat(40));
+        let directives = "{ __typename @skip(if: false) @include(if: true) @skip(if: false) \
+                          @include(if: true) @skip(if: false) }";
+        for (query, expected) in [
+            (deep.as_str(), LIMIT_MESSAGES[1]),
+            (directives, LIMIT_MESSAGES[0]),
+        ] {
+            let response = schema.execute(query).await;
+            let message = &response.errors[0].message;
+            assert!(message.starts_with(expected), "{query}: {message}");
+        }
+        let expected = InputValueError::<i32>::expected_type(async_graphql::Value::Null)
+            .into_server_error(Pos::default());
+        assert!(
+            expected.message.starts_with(INPUT_MESSAGES[0]),
+            "{}",
+            expected.message
+        );
+        let custom = InputValueError::<i32>::custom("no").into_server_error(Pos::default());
+        assert!(
+            custom.message.starts_with(INPUT_MESSAGES[1]),
+            "{}",
+            custom.message
+        );
     }
 }

@@ -1,17 +1,20 @@
 //! Bounds on one GraphQL document, checked after parsing and before anything runs.
 //!
-//! async-graphql bounds depth and complexity; these add what a public endpoint also
-//! needs: the size of the document (fields, aliases), how many writes it asks for,
-//! and the validity of every write's input, so that a document either runs whole or
-//! writes nothing because of its own input.
+//! [`Bounds`] refuses a document over the depth or cost limit, naming its figure and
+//! the limit (async-graphql's own limits say neither); the checks here add what a
+//! public endpoint also needs: the size of the document (fields, aliases), how many
+//! writes it asks for, and the validity of every write's input, so that a document
+//! either runs whole or writes nothing because of its own input.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextValidation};
 use async_graphql::parser::Positioned;
 use async_graphql::parser::types::{
     ExecutableDocument, Field, OperationType, Selection, SelectionSet,
 };
-use async_graphql::{Name, Pos, ServerError, Variables};
+use async_graphql::{Name, Pos, ServerError, ValidationResult, Variables};
 use async_graphql_value::{ConstValue, Value};
 
 use super::error::{Code, coded};
@@ -43,6 +46,41 @@ pub const MAX_DIRECTIVES_PER_FIELD: usize = 4;
 /// Most errors in one answer: a document with thousands of mistakes gets the first
 /// ones and a count of the rest, not an answer larger than the document.
 pub const MAX_ERRORS: usize = 20;
+
+/// The depth and cost limits, checked on what async-graphql's validation computed.
+pub struct Bounds;
+
+impl ExtensionFactory for Bounds {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(Bounds)
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for Bounds {
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next.run(ctx).await?;
+        if result.depth > MAX_DEPTH {
+            return Err(vec![limit_error(format!(
+                "the document is nested too deep: {} levels, over the limit of {MAX_DEPTH}",
+                result.depth
+            ))]);
+        }
+        if result.complexity > MAX_COMPLEXITY {
+            return Err(vec![limit_error(format!(
+                "the document is too complex: it costs {}, over the limit of \
+                 {MAX_COMPLEXITY} (a field costs 1, a list its page size times its \
+                 selection); ask for fewer fields or smaller pages",
+                result.complexity
+            ))]);
+        }
+        Ok(result)
+    }
+}
 
 /// The page size a `first` argument asks for, as the complexity counts it.
 pub fn page_size(first: Option<i32>) -> i32 {

@@ -13,6 +13,7 @@ mod subscription;
 mod types;
 
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
+use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::{Schema, SchemaBuilder, ServerError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -55,8 +56,7 @@ pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
     Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY)
+        .extension(limits::Bounds)
         .limit_directives(limits::MAX_DIRECTIVES_PER_FIELD)
 }
 
@@ -72,7 +72,12 @@ pub fn schema(state: AppState) -> AppSchema {
 
 /// The schema in SDL, exactly as served: `schema.graphql` is this text.
 pub fn sdl() -> String {
-    builder().finish().sdl()
+    sdl_schema().sdl()
+}
+
+/// The schema with its limits and no state: what the SDL and tests of the limits see.
+fn sdl_schema() -> AppSchema {
+    builder().finish()
 }
 
 /// `/graphql` (executing over POST, subscribing over a WebSocket handshake, else
@@ -131,7 +136,18 @@ async fn execute(
     let mut request = checked.request;
     if !authentication.is_authenticated() {
         // The schema is no secret worth a credential to anyone who has one, and no
-        // map for anyone who has not.
+        // map for anyone who has not. Asked for anyway, it is refused with a reason
+        // (GraphiQL shows it), not answered with a silent `null`.
+        if asks_for_introspection(&checked.document) {
+            return refused(vec![error::coded(
+                ServerError::new(
+                    "introspection needs a credential: send `Authorization: Bearer <key>` \
+                     (in GraphiQL, the Headers tab)",
+                    None,
+                ),
+                Code::Unauthenticated,
+            )]);
+        }
         request = request.disable_introspection();
     }
     let masked = matches!(authentication.identify_access(), Ok(Masking::Values))
@@ -179,6 +195,32 @@ async fn execute(
         &checked.variables,
     );
     answer(&state, &response)
+}
+
+/// Whether an operation of `document` selects `__schema` or `__type` at its root
+/// (directly or through fragments).
+fn asks_for_introspection(document: &ExecutableDocument) -> bool {
+    fn selects(document: &ExecutableDocument, set: &SelectionSet, nesting: usize) -> bool {
+        nesting < 16
+            && set.items.iter().any(|item| match &item.node {
+                Selection::Field(field) => {
+                    matches!(field.node.name.node.as_str(), "__schema" | "__type")
+                }
+                Selection::InlineFragment(fragment) => {
+                    selects(document, &fragment.node.selection_set.node, nesting + 1)
+                }
+                Selection::FragmentSpread(spread) => document
+                    .fragments
+                    .get(&spread.node.fragment_name.node)
+                    .is_some_and(|fragment| {
+                        selects(document, &fragment.node.selection_set.node, nesting + 1)
+                    }),
+            })
+    }
+    document
+        .operations
+        .iter()
+        .any(|(_, operation)| selects(document, &operation.node.selection_set.node, 0))
 }
 
 /// The request, if it is one this server executes: JSON, within the body limit,
