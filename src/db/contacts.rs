@@ -11,6 +11,63 @@ use super::prepared::{Bind, Prepared, static_sql};
 use super::schema::contacts;
 use crate::domain::{Contact, Email, Phone};
 
+// Public so that a test can PREPARE each against the migrated schema.
+static_sql!(
+    LoadMembersSql = "SELECT id, phone_number, email, linked_id, created_at, updated_at \
+     FROM contacts \
+     WHERE deleted_at IS NULL AND (id = ANY($1) OR linked_id = ANY($1)) \
+     ORDER BY created_at, id"
+);
+
+static_sql!(
+    InsertContactSql = "WITH inserted AS ( \
+         INSERT INTO contacts \
+             (email, phone_number, linked_id, link_precedence, created_at, updated_at) \
+         SELECT $1, $2, $3, $4::link_precedence, clock.now, clock.now \
+         FROM (SELECT clock_timestamp() AS now) AS clock \
+         RETURNING id, phone_number, email, linked_id, created_at, updated_at), \
+     event AS ( \
+         INSERT INTO identity_events \
+             (kind, contact_id, primary_id, email, phone_number, request_id, created_at) \
+         SELECT CASE WHEN linked_id IS NULL THEN 'created' ELSE 'linked' END::identity_event_kind, \
+                id, coalesce(linked_id, id), $5, $6, $7, created_at \
+         FROM inserted), \
+     change AS ( \
+         INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
+         SELECT CASE WHEN linked_id IS NULL THEN 'created' ELSE 'linked' END, \
+                ARRAY[coalesce(linked_id, id)], ARRAY[id], $7 \
+         FROM inserted) \
+     SELECT id, phone_number, email, linked_id, created_at, updated_at FROM inserted"
+);
+
+static_sql!(
+    InsertPrimaryIfNewSql = "WITH inserted AS ( \
+         INSERT INTO contacts \
+             (email, phone_number, linked_id, link_precedence, created_at, updated_at) \
+         SELECT $1, $2, NULL, 'primary', clock.now, clock.now \
+         FROM (SELECT clock_timestamp() AS now) AS clock \
+         WHERE NOT EXISTS (SELECT FROM contacts \
+                           WHERE deleted_at IS NULL AND (email = $1 OR phone_number = $2)) \
+           AND NOT EXISTS (SELECT FROM blocked_values \
+                           WHERE (kind = 'email' AND value = $1) OR (kind = 'phone' AND value = $2)) \
+         RETURNING id, phone_number, email, linked_id, created_at, updated_at), \
+     event AS ( \
+         INSERT INTO identity_events \
+             (kind, contact_id, primary_id, email, phone_number, request_id, created_at) \
+         SELECT 'created', id, id, email, phone_number, $3, created_at FROM inserted), \
+     change AS ( \
+         INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
+         SELECT 'created', ARRAY[id], ARRAY[id], $3 FROM inserted) \
+     SELECT id, phone_number, email, linked_id, created_at, updated_at FROM inserted"
+);
+
+static_sql!(
+    MergeIntoSql = "UPDATE contacts \
+     SET linked_id = $1, link_precedence = 'secondary', updated_at = clock_timestamp() \
+     WHERE id = ANY($2) OR linked_id = ANY($2) \
+     RETURNING id, updated_at"
+);
+
 /// A contact row as read back from the database.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = contacts, check_for_backend(diesel::pg::Pg))]
@@ -41,12 +98,6 @@ pub async fn load_members(
     mut conn: &AsyncPgConnection,
     primary_ids: &[i32],
 ) -> QueryResult<Vec<ContactRecord>> {
-    static_sql!(
-        LoadMembersSql = "SELECT id, phone_number, email, linked_id, created_at, updated_at \
-         FROM contacts \
-         WHERE deleted_at IS NULL AND (id = ANY($1) OR linked_id = ANY($1)) \
-         ORDER BY created_at, id"
-    );
     Prepared::<LoadMembersSql, _>::new((Bind::<Array<Int4>, _>::new(primary_ids),))
         .load(&mut conn)
         .await
@@ -79,26 +130,6 @@ pub async fn insert_contact(
     } else {
         "primary"
     };
-    static_sql!(
-        InsertContactSql = "WITH inserted AS ( \
-             INSERT INTO contacts \
-                 (email, phone_number, linked_id, link_precedence, created_at, updated_at) \
-             SELECT $1, $2, $3, $4::link_precedence, clock.now, clock.now \
-             FROM (SELECT clock_timestamp() AS now) AS clock \
-             RETURNING id, phone_number, email, linked_id, created_at, updated_at), \
-         event AS ( \
-             INSERT INTO identity_events \
-                 (kind, contact_id, primary_id, email, phone_number, request_id, created_at) \
-             SELECT CASE WHEN linked_id IS NULL THEN 'created' ELSE 'linked' END::identity_event_kind, \
-                    id, coalesce(linked_id, id), $5, $6, $7, created_at \
-             FROM inserted), \
-         change AS ( \
-             INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
-             SELECT CASE WHEN linked_id IS NULL THEN 'created' ELSE 'linked' END, \
-                    ARRAY[coalesce(linked_id, id)], ARRAY[id], $7 \
-             FROM inserted) \
-         SELECT id, phone_number, email, linked_id, created_at, updated_at FROM inserted"
-    );
     Prepared::<InsertContactSql, _>::new((
         Bind::<Nullable<Text>, _>::new(email.map(Email::as_str)),
         Bind::<Nullable<Text>, _>::new(phone.map(Phone::as_str)),
@@ -123,26 +154,6 @@ pub async fn insert_primary_if_new(
     phone: Option<&Phone>,
     request_id: Option<&str>,
 ) -> QueryResult<Option<ContactRecord>> {
-    static_sql!(
-        InsertPrimaryIfNewSql = "WITH inserted AS ( \
-             INSERT INTO contacts \
-                 (email, phone_number, linked_id, link_precedence, created_at, updated_at) \
-             SELECT $1, $2, NULL, 'primary', clock.now, clock.now \
-             FROM (SELECT clock_timestamp() AS now) AS clock \
-             WHERE NOT EXISTS (SELECT FROM contacts \
-                               WHERE deleted_at IS NULL AND (email = $1 OR phone_number = $2)) \
-               AND NOT EXISTS (SELECT FROM blocked_values \
-                               WHERE (kind = 'email' AND value = $1) OR (kind = 'phone' AND value = $2)) \
-             RETURNING id, phone_number, email, linked_id, created_at, updated_at), \
-         event AS ( \
-             INSERT INTO identity_events \
-                 (kind, contact_id, primary_id, email, phone_number, request_id, created_at) \
-             SELECT 'created', id, id, email, phone_number, $3, created_at FROM inserted), \
-         change AS ( \
-             INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
-             SELECT 'created', ARRAY[id], ARRAY[id], $3 FROM inserted) \
-         SELECT id, phone_number, email, linked_id, created_at, updated_at FROM inserted"
-    );
     Prepared::<InsertPrimaryIfNewSql, _>::new((
         Bind::<Nullable<Text>, _>::new(email.map(Email::as_str)),
         Bind::<Nullable<Text>, _>::new(phone.map(Phone::as_str)),
@@ -170,12 +181,6 @@ pub async fn merge_into(
     primary_id: i32,
     demoted: &[i32],
 ) -> QueryResult<Vec<Relinked>> {
-    static_sql!(
-        MergeIntoSql = "UPDATE contacts \
-         SET linked_id = $1, link_precedence = 'secondary', updated_at = clock_timestamp() \
-         WHERE id = ANY($2) OR linked_id = ANY($2) \
-         RETURNING id, updated_at"
-    );
     Prepared::<MergeIntoSql, _>::new((
         Bind::<Int4, _>::new(primary_id),
         Bind::<Array<Int4>, _>::new(demoted),

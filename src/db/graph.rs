@@ -9,6 +9,34 @@ use diesel::sql_types::{Array, BigInt, Bool, Int4, Int8, Nullable, Text, Timesta
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::prepared::{Bind, Prepared, static_sql};
+
+// Public so that a test can PREPARE each against the migrated schema.
+static_sql!(
+    RecordMergesSql = "WITH events AS ( \
+         INSERT INTO identity_events \
+             (kind, contact_id, primary_id, email, phone_number, request_id) \
+         SELECT 'merged', demoted, $1, $3, $4, $5 FROM unnest($2::int4[]) AS demoted) \
+     INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
+     VALUES ('merged', ARRAY[$1::int4] || $2::int4[], $2::int4[], $5)"
+);
+
+static_sql!(
+    RecordHeldSql = "WITH held AS ( \
+         INSERT INTO held_requests (email, phone_number, primary_ids, limit_kind, \
+             suspect_kind, suspect_value, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (email, phone_number) WHERE status = 'pending' DO UPDATE \
+         SET times_seen = held_requests.times_seen + 1, last_seen_at = clock_timestamp(), \
+             primary_ids = EXCLUDED.primary_ids, request_id = EXCLUDED.request_id \
+         RETURNING id), \
+     change AS ( \
+         INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
+         SELECT 'held', $3, '{}', $7 FROM held) \
+     INSERT INTO identity_events (kind, primary_id, email, phone_number, held_id, request_id) \
+     SELECT 'held', $8, $1, $2, held.id, $7 FROM held \
+     RETURNING held_id"
+);
+
 use crate::domain::{ContactValue, Email, EvidenceEvent, Hold, IdentifyRequest, Phone};
 
 /// Records one `merged` event per demoted primary, and the change for the outbox.
@@ -20,14 +48,6 @@ pub async fn record_merges(
     phone: Option<&Phone>,
     request_id: Option<&str>,
 ) -> diesel::QueryResult<()> {
-    static_sql!(
-        RecordMergesSql = "WITH events AS ( \
-             INSERT INTO identity_events \
-                 (kind, contact_id, primary_id, email, phone_number, request_id) \
-             SELECT 'merged', demoted, $1, $3, $4, $5 FROM unnest($2::int4[]) AS demoted) \
-         INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
-         VALUES ('merged', ARRAY[$1::int4] || $2::int4[], $2::int4[], $5)"
-    );
     Prepared::<RecordMergesSql, _>::new((
         Bind::<Int4, _>::new(primary_id),
         Bind::<Array<Int4>, _>::new(demoted),
@@ -70,22 +90,6 @@ pub async fn record_held(
     hold: &Hold,
     request_id: Option<&str>,
 ) -> diesel::QueryResult<i64> {
-    static_sql!(
-        RecordHeldSql = "WITH held AS ( \
-             INSERT INTO held_requests (email, phone_number, primary_ids, limit_kind, \
-                 suspect_kind, suspect_value, request_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (email, phone_number) WHERE status = 'pending' DO UPDATE \
-             SET times_seen = held_requests.times_seen + 1, last_seen_at = clock_timestamp(), \
-                 primary_ids = EXCLUDED.primary_ids, request_id = EXCLUDED.request_id \
-             RETURNING id), \
-         change AS ( \
-             INSERT INTO identity_changes (kind, primary_ids, contact_ids, request_id) \
-             SELECT 'held', $3, '{}', $7 FROM held) \
-         INSERT INTO identity_events (kind, primary_id, email, phone_number, held_id, request_id) \
-         SELECT 'held', $8, $1, $2, held.id, $7 FROM held \
-         RETURNING held_id"
-    );
     let row: HeldId = Prepared::<RecordHeldSql, _>::new((
         Bind::<Nullable<Text>, _>::new(request.email().map(Email::as_str)),
         Bind::<Nullable<Text>, _>::new(request.phone().map(Phone::as_str)),

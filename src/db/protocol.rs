@@ -215,7 +215,10 @@ type QueryResult<T> = diesel::QueryResult<T>;
 /// [`load_members_matching`] and nothing can change them before it commits (step 4
 /// holds by construction). Single calls, batches and repairs lock rows of
 /// `contacts` (or insert into it) before anything they could make a chunk wait for,
-/// so a chunk that takes this first can neither deadlock with them nor interleave.
+/// so a chunk that takes this first cannot interleave with them, and deadlocks only
+/// with an administrator resolving a held request (its record is locked before
+/// `contacts`) that the chunk upserts again: PostgreSQL breaks that with 40P01, and
+/// the loser's [`Retry`] runs it again.
 pub async fn lock_contacts_table(mut conn: &AsyncPgConnection) -> QueryResult<()> {
     diesel::sql_query("LOCK TABLE contacts IN EXCLUSIVE MODE")
         .execute(&mut conn)

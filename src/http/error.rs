@@ -13,105 +13,55 @@ use crate::app::error::{ErrorKind, ServiceError};
 use crate::auth::{AuthFailure, Denied, Scope};
 use crate::domain::{Field, InputError};
 
-/// Every code a client can meet, with its REST name, its GraphQL name
-/// (`extensions.code`) and the HTTP status of a REST answer. This is the error table
-/// of docs/SPEC.md §5–§6; nothing else names a code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
-    InvalidInput,
-    PayloadTooLarge,
-    UnsupportedMediaType,
+/// Declares [`Code`] and its table: variant, REST name, GraphQL name, HTTP status.
+macro_rules! codes {
+    ($($(#[$doc:meta])* $variant:ident => $rest:literal, $graphql:literal, $status:ident;)+) => {
+        /// Every code a client can meet, with its REST name, its GraphQL name
+        /// (`extensions.code`) and the HTTP status of a REST answer. This is the
+        /// error table of docs/SPEC.md §5–§6; nothing else names a code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Code {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl Code {
+            /// REST name, GraphQL name, HTTP status.
+            const fn entry(self) -> (&'static str, &'static str, StatusCode) {
+                match self {
+                    $(Code::$variant => ($rest, $graphql, StatusCode::$status),)+
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    InvalidInput => "INVALID_INPUT", "BAD_USER_INPUT", BAD_REQUEST;
+    PayloadTooLarge => "PAYLOAD_TOO_LARGE", "PAYLOAD_TOO_LARGE", PAYLOAD_TOO_LARGE;
+    UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE", "UNSUPPORTED_MEDIA_TYPE", UNSUPPORTED_MEDIA_TYPE;
     /// A request that cannot apply as asked, or not a GraphQL-over-HTTP request.
-    BadRequest,
-    Unauthenticated,
-    Forbidden,
-    ForbiddenOrigin,
-    NotFound,
-    MethodNotAllowed,
-    BlockedValue,
-    RateLimited,
-    ServiceUnavailable,
-    Timeout,
-    Internal,
+    BadRequest => "BAD_REQUEST", "BAD_USER_INPUT", BAD_REQUEST;
+    Unauthenticated => "UNAUTHENTICATED", "UNAUTHENTICATED", UNAUTHORIZED;
+    Forbidden => "FORBIDDEN", "FORBIDDEN", FORBIDDEN;
+    ForbiddenOrigin => "FORBIDDEN_ORIGIN", "FORBIDDEN_ORIGIN", FORBIDDEN;
+    NotFound => "NOT_FOUND", "NOT_FOUND", NOT_FOUND;
+    MethodNotAllowed => "METHOD_NOT_ALLOWED", "METHOD_NOT_ALLOWED", METHOD_NOT_ALLOWED;
+    BlockedValue => "BLOCKED_VALUE", "BLOCKED_VALUE", UNPROCESSABLE_ENTITY;
+    RateLimited => "RATE_LIMITED", "RATE_LIMITED", TOO_MANY_REQUESTS;
+    ServiceUnavailable => "SERVICE_UNAVAILABLE", "SERVICE_UNAVAILABLE", SERVICE_UNAVAILABLE;
+    Timeout => "TIMEOUT", "TIMEOUT", SERVICE_UNAVAILABLE;
+    Internal => "INTERNAL", "INTERNAL", INTERNAL_SERVER_ERROR;
     /// GraphQL only: the document is not GraphQL (Apollo's code).
-    GraphqlParseFailed,
+    GraphqlParseFailed => "GRAPHQL_PARSE_FAILED", "GRAPHQL_PARSE_FAILED", BAD_REQUEST;
     /// GraphQL only: the document does not fit the schema (Apollo's code).
-    GraphqlValidationFailed,
+    GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED", "GRAPHQL_VALIDATION_FAILED", BAD_REQUEST;
     /// GraphQL only: a change-event cursor from before what retention kept.
-    CursorExpired,
+    CursorExpired => "CURSOR_EXPIRED", "CURSOR_EXPIRED", GONE;
     /// GraphQL only: an answer over `GRAPHQL_MAX_RESPONSE_BYTES`.
-    ResponseTooLarge,
+    ResponseTooLarge => "RESPONSE_TOO_LARGE", "RESPONSE_TOO_LARGE", INTERNAL_SERVER_ERROR;
 }
 
 impl Code {
-    /// REST name, GraphQL name, HTTP status.
-    const fn entry(self) -> (&'static str, &'static str, StatusCode) {
-        match self {
-            Code::InvalidInput => ("INVALID_INPUT", "BAD_USER_INPUT", StatusCode::BAD_REQUEST),
-            Code::PayloadTooLarge => (
-                "PAYLOAD_TOO_LARGE",
-                "PAYLOAD_TOO_LARGE",
-                StatusCode::PAYLOAD_TOO_LARGE,
-            ),
-            Code::UnsupportedMediaType => (
-                "UNSUPPORTED_MEDIA_TYPE",
-                "UNSUPPORTED_MEDIA_TYPE",
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ),
-            Code::BadRequest => ("BAD_REQUEST", "BAD_USER_INPUT", StatusCode::BAD_REQUEST),
-            Code::Unauthenticated => (
-                "UNAUTHENTICATED",
-                "UNAUTHENTICATED",
-                StatusCode::UNAUTHORIZED,
-            ),
-            Code::Forbidden => ("FORBIDDEN", "FORBIDDEN", StatusCode::FORBIDDEN),
-            Code::ForbiddenOrigin => (
-                "FORBIDDEN_ORIGIN",
-                "FORBIDDEN_ORIGIN",
-                StatusCode::FORBIDDEN,
-            ),
-            Code::NotFound => ("NOT_FOUND", "NOT_FOUND", StatusCode::NOT_FOUND),
-            Code::MethodNotAllowed => (
-                "METHOD_NOT_ALLOWED",
-                "METHOD_NOT_ALLOWED",
-                StatusCode::METHOD_NOT_ALLOWED,
-            ),
-            Code::BlockedValue => (
-                "BLOCKED_VALUE",
-                "BLOCKED_VALUE",
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ),
-            Code::RateLimited => (
-                "RATE_LIMITED",
-                "RATE_LIMITED",
-                StatusCode::TOO_MANY_REQUESTS,
-            ),
-            Code::ServiceUnavailable => (
-                "SERVICE_UNAVAILABLE",
-                "SERVICE_UNAVAILABLE",
-                StatusCode::SERVICE_UNAVAILABLE,
-            ),
-            Code::Timeout => ("TIMEOUT", "TIMEOUT", StatusCode::SERVICE_UNAVAILABLE),
-            Code::Internal => ("INTERNAL", "INTERNAL", StatusCode::INTERNAL_SERVER_ERROR),
-            Code::GraphqlParseFailed => (
-                "GRAPHQL_PARSE_FAILED",
-                "GRAPHQL_PARSE_FAILED",
-                StatusCode::BAD_REQUEST,
-            ),
-            Code::GraphqlValidationFailed => (
-                "GRAPHQL_VALIDATION_FAILED",
-                "GRAPHQL_VALIDATION_FAILED",
-                StatusCode::BAD_REQUEST,
-            ),
-            Code::CursorExpired => ("CURSOR_EXPIRED", "CURSOR_EXPIRED", StatusCode::GONE),
-            Code::ResponseTooLarge => (
-                "RESPONSE_TOO_LARGE",
-                "RESPONSE_TOO_LARGE",
-                StatusCode::INTERNAL_SERVER_ERROR,
-            ),
-        }
-    }
-
     pub const fn rest(self) -> &'static str {
         self.entry().0
     }

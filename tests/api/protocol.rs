@@ -265,3 +265,38 @@ async fn database_failures_are_classified_by_sqlstate() {
         "a terminated connection is unavailable"
     );
 }
+
+/// Every prepared statement of the identify path and the protocol is PREPAREd by
+/// PostgreSQL against the migrated schema: a renamed column fails here, not in
+/// production. (The administrators' `sql_query` statements are exercised by their
+/// own tests instead.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_prepare_against_the_migrated_schema() {
+    use identity_reconciliation::db::{contacts, graph, protocol};
+
+    let app = spawn_app().await;
+    let mut conn = app.connection().await;
+    let statements = [
+        ("lock values", protocol::LockValuesSql::SQL),
+        ("lock primaries", protocol::LockMatchedPrimariesSql::SQL),
+        ("members", protocol::LoadMembersMatchingSql::SQL),
+        ("blocks", protocol::BlockedAmongSql::SQL),
+        ("members by primary", contacts::LoadMembersSql::SQL),
+        ("insert contact", contacts::InsertContactSql::SQL),
+        ("insert first order", contacts::InsertPrimaryIfNewSql::SQL),
+        ("merge", contacts::MergeIntoSql::SQL),
+        ("ledger merges", graph::RecordMergesSql::SQL),
+        ("hold", graph::RecordHeldSql::SQL),
+    ];
+    for (index, (what, sql)) in statements.into_iter().enumerate() {
+        if let Err(err) = conn
+            .batch_execute(&format!("PREPARE checked_{index} AS {sql}"))
+            .await
+        {
+            panic!("{what} does not prepare against the schema: {err}\n{sql}");
+        }
+        conn.batch_execute(&format!("DEALLOCATE checked_{index}"))
+            .await
+            .unwrap();
+    }
+}
