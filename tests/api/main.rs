@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod erasure;
 mod events;
+mod examples;
 mod generated;
 mod graph;
 mod graphql;
