@@ -35,7 +35,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::ops::ControlFlow;
 
-use diesel::sql_types::{Array, Text};
+use diesel::sql_types::{Array, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::future::try_join4;
 
@@ -116,54 +116,127 @@ impl<'a> Values<'a> {
             Bind::new(self.phones.as_slice()),
         )
     }
+
+    /// One request's values (at most one email and one phone), as scalar binds.
+    fn single(&self) -> Option<(OneValue<'a>, OneValue<'a>)> {
+        match (self.emails.as_slice(), self.phones.as_slice()) {
+            ([] | [_], [] | [_]) => Some((
+                Bind::new(<[&str]>::first(&self.emails).copied()),
+                Bind::new(<[&str]>::first(&self.phones).copied()),
+            )),
+            _ => None,
+        }
+    }
 }
 
-// The protocol's statements, public so that tests can PREPARE and EXPLAIN them.
-static_sql!(
-    LockValuesSql = "SELECT count(pg_advisory_xact_lock(key)) FROM ( \
-         SELECT DISTINCT key FROM ( \
-             SELECT hashtextextended('email:' || e, 0) AS key FROM unnest($1::text[]) AS e \
-             UNION ALL \
-             SELECT hashtextextended('phone:' || p, 0) FROM unnest($2::text[]) AS p) AS keys \
-         ORDER BY key OFFSET 0) AS ordered \
-     WHERE current_setting('transaction_isolation') <> 'serializable'"
-);
+/// One nullable `text` bind value.
+type OneValue<'a> = Bind<Nullable<Text>, Option<&'a str>>;
 
-static_sql!(
-    LockMatchedPrimariesSql = "SELECT id, phone_number, email, linked_id, created_at, updated_at \
-     FROM contacts \
-     WHERE deleted_at IS NULL AND id IN ( \
-         SELECT coalesce(linked_id, id) FROM contacts \
-         WHERE deleted_at IS NULL AND (email = ANY($1) OR phone_number = ANY($2))) \
-     ORDER BY id \
-     FOR UPDATE"
-);
+// Each statement is written once, with its values matched in one of two shapes:
+// `= $1` for one request's values, `= ANY($1)` for many (a batch, an erasure). Both
+// are prepared; the scalar shape keeps the hot path's plans (a generic plan for
+// `= ANY` of an array of unknown length priced a single lookup as a scan, a third
+// slower end to end). The statements are public so that tests can PREPARE and
+// EXPLAIN them.
+macro_rules! matching {
+    (one, $column:literal, $n:literal) => {
+        concat!($column, " = $", $n)
+    };
+    (many, $column:literal, $n:literal) => {
+        concat!($column, " = ANY($", $n, ")")
+    };
+}
 
-static_sql!(
-    LoadMembersMatchingSql = "WITH primaries AS ( \
-         SELECT DISTINCT coalesce(linked_id, id) AS id FROM contacts \
-         WHERE deleted_at IS NULL AND (email = ANY($1) OR phone_number = ANY($2))) \
-     SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
-     FROM contacts c JOIN primaries p ON c.id = p.id WHERE c.deleted_at IS NULL \
-     UNION ALL \
-     SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
-     FROM contacts c JOIN primaries p ON c.linked_id = p.id \
-     WHERE c.deleted_at IS NULL AND c.linked_id IS NOT NULL \
-     ORDER BY created_at, id"
-);
+macro_rules! protocol_statements {
+    ($shape:ident: $lock:ident, $primaries:ident, $members:ident, $blocked:ident) => {
+        static_sql!(
+            $lock = concat!(
+                "SELECT count(pg_advisory_xact_lock(key)) FROM ( \
+                 SELECT DISTINCT key FROM ( \
+                     SELECT hashtextextended('email:' || e, 0) AS key FROM unnest(",
+                protocol_statements!(@array $shape, 1),
+                ") AS e UNION ALL \
+                     SELECT hashtextextended('phone:' || p, 0) FROM unnest(",
+                protocol_statements!(@array $shape, 2),
+                ") AS p) AS keys \
+                 ORDER BY key OFFSET 0) AS ordered \
+                 WHERE current_setting('transaction_isolation') <> 'serializable'"
+            )
+        );
+        static_sql!(
+            $primaries = concat!(
+                "SELECT id, phone_number, email, linked_id, created_at, updated_at \
+                 FROM contacts WHERE deleted_at IS NULL AND id IN ( \
+                     SELECT coalesce(linked_id, id) FROM contacts \
+                     WHERE deleted_at IS NULL AND (",
+                matching!($shape, "email", 1),
+                " OR ",
+                matching!($shape, "phone_number", 2),
+                ")) ORDER BY id FOR UPDATE"
+            )
+        );
+        static_sql!(
+            $members = concat!(
+                "WITH primaries AS ( \
+                     SELECT DISTINCT coalesce(linked_id, id) AS id FROM contacts \
+                     WHERE deleted_at IS NULL AND (",
+                matching!($shape, "email", 1),
+                " OR ",
+                matching!($shape, "phone_number", 2),
+                ")) \
+                 SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
+                 FROM contacts c JOIN primaries p ON c.id = p.id WHERE c.deleted_at IS NULL \
+                 UNION ALL \
+                 SELECT c.id, c.phone_number, c.email, c.linked_id, c.created_at, c.updated_at \
+                 FROM contacts c JOIN primaries p ON c.linked_id = p.id \
+                 WHERE c.deleted_at IS NULL AND c.linked_id IS NOT NULL \
+                 ORDER BY created_at, id"
+            )
+        );
+        static_sql!(
+            $blocked = concat!(
+                "SELECT kind, value FROM blocked_values WHERE (kind = 'email' AND ",
+                matching!($shape, "value", 1),
+                ") OR (kind = 'phone' AND ",
+                matching!($shape, "value", 2),
+                ")"
+            )
+        );
+    };
+    (@array one, $n:literal) => {
+        concat!("ARRAY[$", $n, "::text]")
+    };
+    (@array many, $n:literal) => {
+        concat!("$", $n, "::text[]")
+    };
+}
 
-static_sql!(
-    BlockedAmongSql = "SELECT kind, value FROM blocked_values \
-     WHERE (kind = 'email' AND value = ANY($1)) OR (kind = 'phone' AND value = ANY($2))"
-);
+protocol_statements!(one: LockValueSql, LockPrimariesOfOneSql, LoadMembersOfOneSql, BlockedOfOneSql);
+protocol_statements!(many: LockValuesSql, LockMatchedPrimariesSql, LoadMembersMatchingSql, BlockedAmongSql);
+
+/// Runs the statement in the shape that fits `$values`.
+macro_rules! in_shape {
+    ($values:expr, $one:ident, $many:ident, |$prepared:ident| $run:expr) => {
+        match $values.single() {
+            Some(binds) => {
+                let $prepared = Prepared::<$one, _>::new(binds);
+                $run
+            }
+            None => {
+                let $prepared = Prepared::<$many, _>::new($values.binds());
+                $run
+            }
+        }
+    };
+}
 
 /// Step 1: the values' advisory locks, in key order. `OFFSET 0` keeps the ordered
 /// subquery from being flattened away, and with it the order. None in a
 /// SERIALIZABLE transaction.
 pub async fn lock_values(mut conn: &AsyncPgConnection, values: &Values<'_>) -> QueryResult<()> {
-    Prepared::<LockValuesSql, _>::new(values.binds())
+    in_shape!(values, LockValueSql, LockValuesSql, |statement| statement
         .execute(&mut conn)
-        .await?;
+        .await)?;
     Ok(())
 }
 
@@ -175,9 +248,12 @@ pub async fn lock_matched_primaries(
     mut conn: &AsyncPgConnection,
     values: &Values<'_>,
 ) -> QueryResult<Vec<ContactRecord>> {
-    Prepared::<LockMatchedPrimariesSql, _>::new(values.binds())
-        .load(&mut conn)
-        .await
+    in_shape!(
+        values,
+        LockPrimariesOfOneSql,
+        LockMatchedPrimariesSql,
+        |statement| statement.load(&mut conn).await
+    )
 }
 
 /// Step 3: every live member of every identity holding one of the values, in
@@ -190,9 +266,12 @@ pub async fn load_members_matching(
     mut conn: &AsyncPgConnection,
     values: &Values<'_>,
 ) -> QueryResult<Vec<ContactRecord>> {
-    Prepared::<LoadMembersMatchingSql, _>::new(values.binds())
-        .load(&mut conn)
-        .await
+    in_shape!(
+        values,
+        LoadMembersOfOneSql,
+        LoadMembersMatchingSql,
+        |statement| statement.load(&mut conn).await
+    )
 }
 
 /// Which of the values administrators blocked. After the value locks, it sees every
@@ -201,9 +280,9 @@ pub async fn blocked_among(
     mut conn: &AsyncPgConnection,
     values: &Values<'_>,
 ) -> QueryResult<Vec<ContactValue>> {
-    let rows: Vec<BlockedRow> = Prepared::<BlockedAmongSql, _>::new(values.binds())
-        .load(&mut conn)
-        .await?;
+    let rows: Vec<BlockedRow> = in_shape!(values, BlockedOfOneSql, BlockedAmongSql, |statement| {
+        statement.load(&mut conn).await
+    })?;
     Ok(blocked_values_of(rows))
 }
 

@@ -7,7 +7,7 @@ use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use identity_reconciliation::db;
 use identity_reconciliation::db::prepared::StaticSql;
-use identity_reconciliation::db::protocol::LoadMembersMatchingSql;
+use identity_reconciliation::db::protocol::{LoadMembersMatchingSql, LoadMembersOfOneSql};
 use serde_json::json;
 
 use crate::batch::post_batch;
@@ -188,20 +188,21 @@ async fn members_are_loaded_through_the_partial_index() {
     let plan = |sql: String| {
         diesel::sql_query(format!(
             "EXPLAIN {}",
-            sql.replace("$1", "'{a@x.io}'::text[]")
-                .replace("$2", "'{1}'::text[]")
+            sql.replace("ANY($1)", "ANY('{a@x.io}'::text[])")
+                .replace("ANY($2)", "ANY('{1}'::text[])")
+                .replace("$1", "'a@x.io'")
+                .replace("$2", "'1'")
         ))
     };
-    let lines: Vec<PlanLine> = plan(LoadMembersMatchingSql::SQL.to_owned())
-        .load(&mut *conn)
-        .await
-        .unwrap();
-    let text: Vec<String> = lines.into_iter().map(|l| l.line).collect();
-    assert!(
-        text.iter().any(|l| l.contains("contacts_linked_id_idx")),
-        "the members' read does not use the partial index:\n{}",
-        text.join("\n")
-    );
+    for sql in [LoadMembersMatchingSql::SQL, LoadMembersOfOneSql::SQL] {
+        let lines: Vec<PlanLine> = plan(sql.to_owned()).load(&mut *conn).await.unwrap();
+        let text: Vec<String> = lines.into_iter().map(|l| l.line).collect();
+        assert!(
+            text.iter().any(|l| l.contains("contacts_linked_id_idx")),
+            "the members' read does not use the partial index:\n{}",
+            text.join("\n")
+        );
+    }
 }
 
 /// Failures are classified by SQLSTATE as diesel-async reports it (a kind), not by
@@ -277,6 +278,13 @@ async fn prepared_statements_prepare_against_the_migrated_schema() {
     let app = spawn_app().await;
     let mut conn = app.connection().await;
     let statements = [
+        ("lock one request's values", protocol::LockValueSql::SQL),
+        (
+            "lock one request's primaries",
+            protocol::LockPrimariesOfOneSql::SQL,
+        ),
+        ("one request's members", protocol::LoadMembersOfOneSql::SQL),
+        ("one request's blocks", protocol::BlockedOfOneSql::SQL),
         ("lock values", protocol::LockValuesSql::SQL),
         ("lock primaries", protocol::LockMatchedPrimariesSql::SQL),
         ("members", protocol::LoadMembersMatchingSql::SQL),
