@@ -106,10 +106,6 @@ impl<'a> Values<'a> {
         &self.phones
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.emails.is_empty() && self.phones.is_empty()
-    }
-
     fn binds(&self) -> (TextArray<'_, 'a>, TextArray<'_, 'a>) {
         (
             Bind::new(self.emails.as_slice()),
@@ -456,11 +452,6 @@ impl Retry {
             attempt: 1,
             blocked: HashSet::new(),
         }
-    }
-
-    /// The attempt about to run, from 1.
-    pub fn attempt(&self) -> u32 {
-        self.attempt
     }
 
     /// Values an administrator blocked since the use case screened its input: the

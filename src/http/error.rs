@@ -74,12 +74,8 @@ impl Code {
         self.entry().2
     }
 
-    /// How a request field is named: GraphQL calls the input as a whole `input`
-    /// where REST calls it the `body`.
-    pub fn rest_field(field: Field) -> &'static str {
-        field.as_str()
-    }
-
+    /// How GraphQL names a request field: the input as a whole is `input` where REST
+    /// calls it the `body`.
     pub fn graphql_field(field: Field) -> &'static str {
         match field {
             Field::Body => "input",
@@ -262,7 +258,7 @@ impl ApiError {
         ErrorDetail {
             code: self.code().rest().to_owned(),
             message: self.to_string(),
-            field: self.field().map(|field| Code::rest_field(field).to_owned()),
+            field: self.field().map(|field| field.as_str().to_owned()),
         }
     }
 
@@ -296,7 +292,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code().rest().to_owned(),
                 message: self.to_string(),
-                field: self.field().map(|field| Code::rest_field(field).to_owned()),
+                field: self.field().map(|field| field.as_str().to_owned()),
             },
         };
         let mut response = (self.status(), Json(body)).into_response();
