@@ -15,7 +15,7 @@ use crate::helpers::{PostgresThread, spawn_app, spawn_app_at, throwaway_cluster}
 
 /// What identifies each step's statement in the log, in the protocol's order.
 const LOCK_VALUES: &str = "pg_advisory_xact_lock";
-const LOCK_PRIMARIES: &str = "FOR UPDATE";
+const LOCK_PRIMARIES: &str = "ORDER BY id FOR UPDATE";
 const LOAD_MEMBERS: &str = "WITH primaries AS";
 const BLOCKED: &str = "FROM blocked_values";
 
@@ -82,7 +82,8 @@ async fn statements_reach_postgresql_in_protocol_order() {
     .unwrap();
     db::run_migrations(&pool).await.unwrap();
     pool.close();
-    let app = spawn_app_at(&postgres.url, &[]).await;
+    // Two emails per identity at most, so that a third is held for approval.
+    let app = spawn_app_at(&postgres.url, &["--max-identity-emails", "2"]).await;
     let (_, mut offset) = executed_since(&log, 0);
     let locked = [LOCK_VALUES, LOCK_PRIMARIES, LOAD_MEMBERS, BLOCKED];
     for (path, email, phone, markers) in [
@@ -149,7 +150,8 @@ async fn statements_reach_postgresql_in_protocol_order() {
         json!({}),
     )
     .await;
-    let (statements, _) = executed_since(&log, offset);
+    let (statements, end) = executed_since(&log, offset);
+    offset = end;
     assert_in_order(
         "eraseIdentity",
         &statements,
@@ -158,6 +160,91 @@ async fn statements_reach_postgresql_in_protocol_order() {
             LOCK_PRIMARIES,
             LOAD_MEMBERS,
             "DELETE FROM contacts",
+        ],
+    );
+
+    // Held requests: approving one runs identify's protocol after the record's lock;
+    // rejecting one takes the values' locks before the record's.
+    for email in ["x1@x.io", "x2@x.io", "x3@x.io", "x4@x.io"] {
+        app.identify(Some(email), Some("90")).await;
+    }
+    let held = app
+        .graphql_data(
+            "{ heldRequests(status: PENDING) { nodes { id email } } }",
+            json!({}),
+        )
+        .await;
+    let held_id = |email: &str| {
+        held["heldRequests"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|node| node["email"] == email)
+            .and_then(|node| node["id"].as_i64())
+            .unwrap_or_else(|| panic!("no held request for {email}: {held}"))
+    };
+    let (_, end) = executed_since(&log, offset);
+    offset = end;
+    app.graphql_data(
+        "mutation($id: Int!) { approveHeld(id: $id) { outcome } }",
+        json!({"id": held_id("x3@x.io")}),
+    )
+    .await;
+    let (statements, end) = executed_since(&log, offset);
+    offset = end;
+    assert_in_order(
+        "approveHeld",
+        &statements,
+        &[
+            LOCK_VALUES,
+            "FROM held_requests",
+            LOCK_VALUES,
+            LOCK_PRIMARIES,
+            LOAD_MEMBERS,
+            BLOCKED,
+        ],
+    );
+    app.graphql_data(
+        "mutation($id: Int!) { rejectHeld(id: $id) { held { id } } }",
+        json!({"id": held_id("x4@x.io")}),
+    )
+    .await;
+    let (statements, end) = executed_since(&log, offset);
+    offset = end;
+    assert_in_order(
+        "rejectHeld",
+        &statements,
+        &[LOCK_VALUES, "FROM held_requests", "UPDATE held_requests"],
+    );
+
+    // An import chunk: the table lock stands for the value and primary locks.
+    let file = scratch.path().join("orders.ndjson");
+    std::fs::write(
+        &file,
+        "{\"email\": \"y1@x.io\"}\n{\"email\": \"y1@x.io\", \"phoneNumber\": \"91\"}\n",
+    )
+    .unwrap();
+    let imported = std::process::Command::new(env!("CARGO_BIN_EXE_identity-reconciliation"))
+        .arg("import")
+        .arg(&file)
+        .env("DATABASE_URL", &postgres.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let (statements, _) = executed_since(&log, offset);
+    assert_in_order(
+        "import chunk",
+        &statements,
+        &[
+            "LOCK TABLE contacts IN EXCLUSIVE MODE",
+            LOAD_MEMBERS,
+            BLOCKED,
+            "UPDATE imports SET lines_done",
         ],
     );
     app.assert_invariants().await;
