@@ -553,6 +553,8 @@ impl ProgressLine {
 const BLOCK_VALUE: &str =
     "mutation($input: BlockValueInput!) { blockValue(input: $input) { identities } }";
 const PENDING_HELD: &str = "{ heldRequests(first: 100) { nodes { id email phoneNumber } } }";
+/// Held requests the administrator resolves each turn, after its block.
+const RESOLUTIONS_PER_TURN: usize = 2;
 const APPROVE_HELD: &str = "mutation($id: Int!) { approveHeld(id: $id) { outcome } }";
 const REJECT_HELD: &str = "mutation($id: Int!) { rejectHeld(id: $id) { held { id } } }";
 
@@ -616,7 +618,9 @@ async fn repair(
             .as_array()
             .cloned()
             .unwrap_or_default();
-        for record in nodes {
+        // A few a turn: under a fast load the held requests pile up, and resolving
+        // all of them first would leave the blocks, one a turn, waiting behind them.
+        for record in nodes.into_iter().take(RESOLUTIONS_PER_TURN) {
             // Only this run's: other runs' held requests are theirs to resolve.
             let email = record["email"]
                 .as_str()
