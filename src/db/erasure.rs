@@ -1,20 +1,19 @@
 //! The statements of an erasure (docs/SPEC.md §11): every trace of a customer's
 //! values, in every table that can hold one.
 
-use diesel::QueryableByName;
-use diesel::sql_types::{Array, Bytea, Int4, Nullable, Text};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Int4, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use super::schema::{contacts, erasure_key, held_requests};
+
 /// One contact of the identity being erased, live or soft-deleted.
-#[derive(Debug, Clone, QueryableByName)]
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = contacts, check_for_backend(diesel::pg::Pg))]
 pub struct ErasedRow {
-    #[diesel(sql_type = Int4)]
     pub id: i32,
-    #[diesel(sql_type = Nullable<Text>)]
     pub email: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
     pub phone_number: Option<String>,
-    #[diesel(sql_type = Nullable<Int4>)]
     pub linked_id: Option<i32>,
 }
 
@@ -22,14 +21,17 @@ pub struct ErasedRow {
 pub async fn identity_rows(
     conn: &mut AsyncPgConnection,
     primary_id: i32,
-) -> diesel::QueryResult<Vec<ErasedRow>> {
-    diesel::sql_query(
-        "SELECT id, email, phone_number, linked_id FROM contacts \
-         WHERE id = $1 OR linked_id = $1 ORDER BY id",
-    )
-    .bind::<Int4, _>(primary_id)
-    .load(conn)
-    .await
+) -> QueryResult<Vec<ErasedRow>> {
+    contacts::table
+        .filter(
+            contacts::id
+                .eq(primary_id)
+                .or(contacts::linked_id.eq(primary_id)),
+        )
+        .order(contacts::id)
+        .select(ErasedRow::as_select())
+        .load(conn)
+        .await
 }
 
 #[derive(Debug, QueryableByName)]
@@ -56,35 +58,27 @@ pub async fn primary_holding(
     Ok(rows.into_iter().next().map(|row| row.primary_id))
 }
 
-#[derive(Debug, QueryableByName)]
-struct HeldValues {
-    #[diesel(sql_type = Nullable<Text>)]
-    email: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    phone_number: Option<String>,
-}
-
 /// The values of the held requests that carry one of these values: the customer's
 /// requests, whose other value is theirs too unless a contact of someone else holds it.
 pub async fn held_values(
     conn: &mut AsyncPgConnection,
     emails: &[String],
     phones: &[String],
-) -> diesel::QueryResult<(Vec<String>, Vec<String>)> {
-    let rows: Vec<HeldValues> = diesel::sql_query(
-        "SELECT email, phone_number FROM held_requests \
-         WHERE email = ANY($1) OR phone_number = ANY($2)",
-    )
-    .bind::<Array<Text>, _>(emails)
-    .bind::<Array<Text>, _>(phones)
-    .load(conn)
-    .await?;
-    let held_emails = rows.iter().filter_map(|row| row.email.clone()).collect();
-    let held_phones = rows
-        .iter()
-        .filter_map(|row| row.phone_number.clone())
-        .collect();
-    Ok((held_emails, held_phones))
+) -> QueryResult<(Vec<String>, Vec<String>)> {
+    let rows: Vec<(Option<String>, Option<String>)> = held_requests::table
+        .filter(
+            held_requests::email
+                .eq_any(emails)
+                .or(held_requests::phone_number.eq_any(phones)),
+        )
+        .select((held_requests::email, held_requests::phone_number))
+        .load(conn)
+        .await?;
+    let (emails, phones): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+    Ok((
+        emails.into_iter().flatten().collect(),
+        phones.into_iter().flatten().collect(),
+    ))
 }
 
 /// What one erasure removed.
@@ -146,26 +140,21 @@ pub async fn purge(
     })
 }
 
-#[derive(Debug, QueryableByName)]
-struct KeyRow {
-    #[diesel(sql_type = Bytea)]
-    key: Vec<u8>,
-}
-
 /// The database's erasure key, made by the first erasure that needs it.
-pub async fn erasure_key(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<u8>> {
+pub async fn erasure_key(conn: &mut AsyncPgConnection) -> QueryResult<Vec<u8>> {
     let mut fresh = [0u8; 32];
     getrandom::fill(&mut fresh).map_err(|err| {
         diesel::result::Error::QueryBuilderError(format!("no randomness: {err}").into())
     })?;
-    diesel::sql_query("INSERT INTO erasure_key (key) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind::<Bytea, _>(&fresh[..])
+    diesel::insert_into(erasure_key::table)
+        .values(erasure_key::key.eq(&fresh[..]))
+        .on_conflict_do_nothing()
         .execute(conn)
         .await?;
-    let row: KeyRow = diesel::sql_query("SELECT key FROM erasure_key")
-        .get_result(conn)
-        .await?;
-    Ok(row.key)
+    erasure_key::table
+        .select(erasure_key::key)
+        .first(conn)
+        .await
 }
 
 /// Records the erasure: ids and keyed hashes, and the ledger's `erased` event.

@@ -3,8 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Int8, Nullable, Text, Timestamptz};
-use diesel::{OptionalExtension, QueryableByName};
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::schema::{contacts, imports};
 
 /// The id sequences an import draws from, in the order `sequences` stores them.
 const SEQUENCES: [(&str, &str); 4] = [
@@ -146,9 +148,8 @@ pub async fn refingerprint(
     id: i64,
     fingerprint: &str,
 ) -> diesel::QueryResult<()> {
-    diesel::sql_query("UPDATE imports SET fingerprint = $2 WHERE id = $1")
-        .bind::<Int8, _>(id)
-        .bind::<Text, _>(fingerprint)
+    diesel::update(imports::table.find(id))
+        .set(imports::fingerprint.eq(fingerprint))
         .execute(conn)
         .await?;
     Ok(())
@@ -355,15 +356,7 @@ pub async fn analyze_contacts(conn: &mut AsyncPgConnection) -> diesel::QueryResu
 
 /// How many contacts are stored (the migration wants none).
 pub async fn contact_count(conn: &mut AsyncPgConnection) -> diesel::QueryResult<i64> {
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = BigInt)]
-        count: i64,
-    }
-    let count: Count = diesel::sql_query("SELECT count(*) AS count FROM contacts")
-        .get_result(conn)
-        .await?;
-    Ok(count.count)
+    contacts::table.count().get_result(conn).await
 }
 
 /// `ARRAY[...]` of the sequences' positions: the last id each gave out (0: none).
