@@ -9,26 +9,13 @@ use std::time::{Duration, Instant};
 
 use identity_reconciliation::ops::config::settings_markdown;
 
-use crate::helpers::{SERVER_BINARY, ServerProcess, TestDatabase};
+use crate::helpers::{CLEARED_VARIABLES, SERVER_BINARY, ServerProcess, TestDatabase};
 
 /// The binary at `program`, with none of the settings a developer's shell may hold
 /// that would change what these tests see.
 fn cli(program: &Path) -> Command {
     let mut command = Command::new(program);
-    for variable in [
-        "DATABASE_URL",
-        "DATA_DIR",
-        "HOST",
-        "PORT",
-        "AUTH_MODE",
-        "ALLOW_ANONYMOUS",
-        "JWT_SECRET",
-        "JWT_JWKS_FILE",
-        "JWT_JWKS_URL",
-        "JWT_ISSUER",
-        "JWT_AUDIENCE",
-        "LOG_FORMAT",
-    ] {
+    for variable in CLEARED_VARIABLES {
         command.env_remove(variable);
     }
     command.env("RUST_LOG", "warn");

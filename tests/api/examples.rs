@@ -21,30 +21,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::helpers::{SERVER_BINARY, TestApp, spawn_app_with};
+use crate::helpers::{CLEARED_VARIABLES, SERVER_BINARY, TestApp, spawn_app_with};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// How long an example may wait for the server (a subscription's events, its start).
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Settings a developer's shell may hold that would change what the binary does.
-const CLEARED_VARIABLES: &[&str] = &[
-    "DATABASE_URL",
-    "DATABASE_DIRECT_URL",
-    "DATABASE_READ_URL",
-    "DATA_DIR",
-    "HOST",
-    "PORT",
-    "AUTH_MODE",
-    "ALLOW_ANONYMOUS",
-    "JWT_SECRET",
-    "JWT_JWKS_FILE",
-    "JWT_JWKS_URL",
-    "JWT_ISSUER",
-    "JWT_AUDIENCE",
-    "LOG_FORMAT",
-];
 
 /// One test per document with examples, so that a failure names the document;
 /// `TESTED` lists them for the test that no document is left out.

@@ -637,6 +637,25 @@ pub async fn wait_until_blocked_by(database_url: &str, blocker_pid: i32) {
 /// The server binary of this crate, as built for the tests.
 pub const SERVER_BINARY: &str = env!("CARGO_BIN_EXE_identity-reconciliation");
 
+/// Settings a developer's shell may hold that would change what the binary does:
+/// tests that run it clear them first.
+pub const CLEARED_VARIABLES: &[&str] = &[
+    "DATABASE_URL",
+    "DATABASE_DIRECT_URL",
+    "DATABASE_READ_URL",
+    "DATA_DIR",
+    "HOST",
+    "PORT",
+    "AUTH_MODE",
+    "ALLOW_ANONYMOUS",
+    "JWT_SECRET",
+    "JWT_JWKS_FILE",
+    "JWT_JWKS_URL",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "LOG_FORMAT",
+];
+
 /// Whether to show the servers' logs (`TEST_LOG=1 cargo test`): the tests' own
 /// in-process servers log to the test output, server processes to stderr.
 pub fn test_log() -> bool {
